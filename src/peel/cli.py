@@ -1,0 +1,62 @@
+"""The `peel` command: one subcommand per module in `peel.commands`.
+
+Each command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+Command modules import torch and friends inside `run`, so `peel --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from peel.errors import PeelError
+
+# name -> module under peel.commands; the order is the order `peel --help` lists them in.
+COMMANDS = {
+    "unlearn": "peel.commands.unlearn",
+    "eval": "peel.commands.evaluate",
+    "tamper": "peel.commands.tamper",
+    "report": "peel.commands.report",
+    "sweep": "peel.commands.sweep",
+    "testbed": "peel.commands.testbed",
+    "demo": "peel.commands.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peel",
+        description="Sequential back-to-front unlearning: unlearn, evaluate, attack, report.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # a command whose module is not written yet is simply not offered
+        command_parser = subparsers.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except PeelError as error:
+        print(f"peel {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
