@@ -1,0 +1,61 @@
+"""Which layers are targeted, in what order, and how the loss coefficients move within a phase."""
+
+from __future__ import annotations
+
+from peel.config import LayerRange
+from peel.errors import PeelError
+
+
+def target_layers(layers: list[int] | LayerRange, num_layers: int) -> list[int]:
+    """The phases' target layers, e.g. {start: 28, end: 16, step: 4} -> [28, 24, 20, 16]."""
+    if isinstance(layers, LayerRange):
+        start = num_layers - 1 if layers.start is None else layers.start
+        if layers.step < 1:
+            raise PeelError(f"unlearn.layers.step={layers.step} must be a positive integer")
+        if layers.end > start:
+            raise PeelError(f"unlearn.layers.end={layers.end} is after start={start}; layers run back to front")
+        schedule = list(range(start, layers.end - 1, -layers.step))
+    else:
+        schedule = list(layers)
+    if not schedule:
+        raise PeelError("unlearn.layers is empty; give at least one target layer")
+    for layer in schedule:
+        if not 0 <= layer < num_layers:
+            raise PeelError(f"unlearn.layers contains layer {layer}; the model has layers 0..{num_layers - 1}")
+    if len(set(schedule)) != len(schedule):
+        raise PeelError(f"unlearn.layers={schedule} repeats a layer; each layer is a target at most once")
+    return schedule
+
+
+def retain_layer_set(retain_layers: list[int] | str, target: int, num_layers: int) -> list[int]:
+    """Layers compared by the l2 retain loss in the phase that targets `target`."""
+    if retain_layers == "all":
+        return list(range(num_layers))
+    if retain_layers == "target":
+        return [target]
+    for layer in retain_layers:
+        if not 0 <= layer < num_layers:
+            raise PeelError(f"unlearn.retain_layers contains layer {layer}; the model has layers 0..{num_layers - 1}")
+    if not retain_layers:
+        raise PeelError("unlearn.retain_layers is an empty list; accepted: a list of layers, all, or target")
+    return sorted(set(retain_layers))
+
+
+def progress(step_in_phase: int, steps_in_phase: int) -> float:
+    """0 at a phase's first step, 1 at its last."""
+    return step_in_phase / (steps_in_phase - 1) if steps_in_phase > 1 else 1.0
+
+
+RETAIN_RAMPS = {
+    "from_zero": lambda p: p,
+    "from_quarter": lambda p: 0.25 + 0.75 * p,
+}
+
+
+def retain_coefficient(retain_coef: float, ramp: str, p: float) -> float:
+    return retain_coef * RETAIN_RAMPS[ramp](p)
+
+
+def forget_coefficient(remove_coef: float, p: float) -> float:
+    """The forget coefficient eases from remove_coef to 0.75 remove_coef over a phase."""
+    return remove_coef * (1 - 0.25 * p)
