@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from peel.errors import PeelError
+from peel.errors import PeelError, RunFailed
 
 # name -> module under peel.commands; the order is the order `peel --help` lists them in.
 COMMANDS = {
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeelError as error:
         print(f"peel {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunFailed as error:
+        print(f"peel {args.command}: failed: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,3 +6,7 @@ class PeelError(Exception):
 
     The message is a single line naming the bad value and what would be accepted.
     """
+
+
+class RunFailed(Exception):
+    """A run that started but could not finish (e.g. a non-finite loss); run.json says `failed`."""

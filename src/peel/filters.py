@@ -14,16 +14,24 @@ def plain_sum(forget: torch.Tensor, retain: torch.Tensor) -> torch.Tensor:
     return forget + retain
 
 
+def disagree(forget: torch.Tensor, retain: torch.Tensor) -> torch.Tensor:
+    """Elements where the two gradients have opposite signs.
+
+    A zero gradient disagrees with nothing: at the first step the model equals the original, so
+    the L2 and KL retain gradients are exactly zero, and a filter that treated zero as
+    disagreement would stop every update before the first one.
+    """
+    return (forget * retain) < 0
+
+
 def same_sign(forget: torch.Tensor, retain: torch.Tensor) -> torch.Tensor:
-    """Keep only the elements where both gradients push the same way (a zero agrees with nothing)."""
-    agree = (forget * retain) > 0
-    return torch.where(agree, forget + retain, torch.zeros_like(forget))
+    """Keep only the elements where the two gradients do not push opposite ways."""
+    return torch.where(disagree(forget, retain), torch.zeros_like(forget), forget + retain)
 
 
 def asymmetric(forget: torch.Tensor, retain: torch.Tensor) -> torch.Tensor:
     """Drop forget elements that disagree with retain; keep the whole retain gradient."""
-    agree = (forget * retain) > 0
-    return torch.where(agree, forget, torch.zeros_like(forget)) + retain
+    return torch.where(disagree(forget, retain), torch.zeros_like(forget), forget) + retain
 
 
 GRADIENT_FILTERS = {"none": plain_sum, "same_sign": same_sign, "asymmetric": asymmetric}

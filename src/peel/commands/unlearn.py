@@ -1,0 +1,31 @@
+"""peel unlearn CONFIG [dotted.key=value ...]"""
+
+from __future__ import annotations
+
+import argparse
+
+from peel.config import help_lines
+
+HELP = "Run sequential back-to-front unlearning from a YAML config."
+DESCRIPTION = (
+    "Run every phase of a config and leave a run folder at output_dir:\n"
+    "config.yaml, metrics.jsonl, run.json, model/ (and adapter/ for LoRA).\n\n"
+    "  peel unlearn configs/testbed_lora.yaml unlearn.remove_coef=30 train.lr=5e-4\n\n"
+    "Config keys (dotted.key = default), any of which can be overridden as key=value:\n"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION + "\n".join(help_lines())
+    parser.add_argument("config", help="YAML config file (see configs/).")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted config overrides.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from peel.config import load_config
+    from peel.engine import unlearn
+
+    config = load_config(args.config, args.overrides)
+    output_dir = unlearn(config)
+    print(f"run folder: {output_dir}")
+    return 0

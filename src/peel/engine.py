@@ -1,0 +1,261 @@
+"""Sequential back-to-front unlearning: the phase loop, readable top to bottom.
+
+    setup    check every input, load the model and data, open the run folder
+    train    for each target layer L (a phase): for each optimizer step:
+               forget: probe (current layers <= L, original layers > L) -> maximum entropy
+               retain: keep hidden states / logits near the original on retain data
+               combine the two gradients (sum or a sign filter), add L2-SP, clip, step
+    finish   save the model (LoRA merged) and the adapter, write run.json
+
+One process or N under torchrun run the same code: each process takes its share of every global
+batch and gradients are averaged across processes before they are combined.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from peel import distributed, run_folder
+from peel.config import Config, save_config
+from peel.data import collate, load_retain_texts, load_texts, tokenize
+from peel.errors import PeelError, RunFailed
+from peel.filters import GRADIENT_FILTERS
+from peel.models import load_model_and_tokenizer, load_model_config, save_model
+from peel.objectives import RETAIN_OBJECTIVES, Batch, forget_backward
+from peel.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set, target_layers
+from peel.weights import WEIGHTS
+
+
+@dataclass
+class Plan:
+    """Everything derived from the config and checked before any weights load."""
+
+    layers: list[int]
+    num_layers: int
+    accumulation: int  # micro-batches per optimizer step on each process
+    examples_per_process: int  # per optimizer step
+    steps_per_phase: int
+
+
+def make_plan(config: Config, num_layers: int, world_size: int) -> Plan:
+    train = config.train
+    layers = target_layers(config.unlearn.layers, num_layers)
+    if config.unlearn.retain_loss == "l2":
+        for layer in layers:
+            retain_layer_set(config.unlearn.retain_layers, layer, num_layers)
+    for key in ("per_device_batch_size", "global_batch_size", "epochs_per_layer"):
+        if getattr(train, key) < 1:
+            raise PeelError(f"train.{key}={getattr(train, key)} must be a positive integer")
+    per_step = train.per_device_batch_size * world_size
+    if train.global_batch_size % per_step:
+        raise PeelError(
+            f"train.global_batch_size={train.global_batch_size} is not a multiple of per_device_batch_size "
+            f"({train.per_device_batch_size}) x processes ({world_size}) = {per_step}"
+        )
+    steps_per_phase = config.data.num_examples * train.epochs_per_layer // train.global_batch_size
+    if steps_per_phase < 1:
+        raise PeelError(
+            f"data.num_examples={config.data.num_examples} x epochs_per_layer={train.epochs_per_layer} is less than "
+            f"one global batch ({train.global_batch_size}); accepted: at least {train.global_batch_size} examples"
+        )
+    return Plan(
+        layers=layers,
+        num_layers=num_layers,
+        accumulation=train.global_batch_size // per_step,
+        examples_per_process=train.global_batch_size // world_size,
+        steps_per_phase=steps_per_phase,
+    )
+
+
+def unlearn(config: Config) -> Path:
+    """Run every phase of `config`; return the run folder."""
+    started = time.time()
+    device = distributed.init()
+    output_dir = Path(config.output_dir)
+
+    # ---- setup: every check before anything is written
+    model_config = load_model_config(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+    plan = make_plan(config, model_config.num_hidden_layers, distributed.world_size())
+    model, tokenizer = load_model_and_tokenizer(
+        config.model.name_or_path,
+        dtype=config.train.dtype,
+        attn_implementation=config.model.attn_implementation,
+        revision=config.model.revision,
+        trust_remote_code=config.model.trust_remote_code,
+    )
+    data = config.data
+    forget = tokenize(load_texts(data.forget, data.num_examples, config.train.seed), tokenizer, data.max_length)
+    retain_texts = load_retain_texts(data.retain, data.chat, data.num_examples, config.train.seed, tokenizer)
+    retain = tokenize(retain_texts, tokenizer, data.max_length)
+
+    if distributed.is_main():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+        (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device))
+
+    torch.manual_seed(config.train.seed)  # adapter initialisation
+    weights = WEIGHTS[config.unlearn.adapter](model.to(device), config.unlearn.lora)
+    if config.train.gradient_checkpointing:
+        weights.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ---- train
+    total_steps = plan.steps_per_phase * len(plan.layers)
+    bar = tqdm(total=total_steps, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
+    try:
+        for phase, layer in enumerate(plan.layers):
+            run_phase(weights, phase, layer, plan, config, forget, retain, tokenizer.pad_token_id, device, output_dir, bar)
+    except RunFailed as error:
+        if distributed.is_main():
+            record = run_folder.run_record("failed", started, device, error=str(error))
+            run_folder.write_json(output_dir / "run.json", record)
+        raise
+    finally:
+        bar.close()
+
+    # ---- finish
+    if distributed.is_main():
+        save_results(weights, tokenizer, output_dir, config.unlearn.adapter)
+        record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers)
+        run_folder.write_json(output_dir / "run.json", record)
+    distributed.barrier()
+    return output_dir
+
+
+def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id, device, output_dir, bar) -> None:
+    """All optimizer steps that target `layer`, with a fresh optimizer and schedule."""
+    from transformers import get_scheduler
+
+    unlearn, train = config.unlearn, config.train
+    weights.begin_phase(layer)
+    parameters = weights.trainable_parameters()
+    optimizer = torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = get_scheduler(
+        train.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(train.warmup_ratio * plan.steps_per_phase),
+        num_training_steps=plan.steps_per_phase,
+    )
+    retain_layers = retain_layer_set(unlearn.retain_layers, layer, plan.num_layers)
+    order = example_order(config.data.num_examples, train.epochs_per_layer, train.seed, phase)
+    vocab = weights.anatomy.unembedding.weight.shape[0]
+
+    for step_in_phase in range(plan.steps_per_phase):
+        p = progress(step_in_phase, plan.steps_per_phase)
+        forget_coef = forget_coefficient(unlearn.remove_coef, p)
+        retain_coef = retain_coefficient(unlearn.retain_coef, unlearn.retain_ramp, p)
+        indices = process_share(order, step_in_phase, train.global_batch_size)
+        micro = [indices[start : start + train.per_device_batch_size] for start in range(0, len(indices), train.per_device_batch_size)]
+        random_seed = (train.seed, phase) if unlearn.forget_loss == "random_ce" else None
+        forget_batches = [make_batch(forget, chunk, pad_token_id, device, vocab, random_seed) for chunk in micro]
+        retain_batches = [make_batch(retain, chunk, pad_token_id, device) for chunk in micro]
+
+        scale = 1.0 / plan.examples_per_process
+        forget_losses = torch.cat(
+            [forget_backward(weights, batch, layer, unlearn.forget_loss, forget_coef * scale) for batch in forget_batches]
+        )
+        forget_gradients = take_gradients(parameters)
+        retain_objective = RETAIN_OBJECTIVES[unlearn.retain_loss]
+        retain_losses = torch.cat([retain_objective(weights, batch, retain_layers, retain_coef * scale) for batch in retain_batches])
+        retain_gradients = take_gradients(parameters)
+        distributed.all_reduce_mean(forget_gradients + retain_gradients)
+
+        combine = GRADIENT_FILTERS[unlearn.grad_filter]
+        for parameter, forget_gradient, retain_gradient in zip(parameters, forget_gradients, retain_gradients):
+            parameter.grad = combine(forget_gradient, retain_gradient)
+        l2sp = torch.zeros(())
+        if unlearn.l2sp_coef:
+            penalty = weights.l2sp_penalty(layer)
+            (unlearn.l2sp_coef * penalty).backward()
+            l2sp = penalty.detach()
+        max_norm = train.max_grad_norm if train.max_grad_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        means = torch.stack([forget_losses.mean(), retain_losses.mean()]).float()
+        distributed.all_reduce_mean([means])
+        forget_loss, retain_loss = means.tolist()
+        if not (math.isfinite(forget_loss) and math.isfinite(retain_loss)):
+            raise RunFailed(
+                f"non-finite loss at phase {phase} (layer {layer}) step {step_in_phase}: "
+                f"forget_loss={forget_loss}, retain_loss={retain_loss}; try a lower train.lr or train.dtype=float32"
+            )
+        record = {
+            "step": bar.n + 1,
+            "phase": phase,
+            "layer": layer,
+            "step_in_phase": step_in_phase,
+            "forget_loss": forget_loss,
+            "retain_loss": retain_loss,
+            "forget_coef": forget_coef,
+            "retain_coef": retain_coef,
+            "l2sp": float(l2sp),
+            "forget_grad_norm": norm(forget_gradients),
+            "retain_grad_norm": norm(retain_gradients),
+            "grad_norm": float(grad_norm),
+            "lr": lr,
+        }
+        if distributed.is_main():
+            run_folder.append_jsonl(output_dir / "metrics.jsonl", record)
+        bar.update(1)
+        bar.set_postfix(layer=layer, forget=f"{forget_loss:.3f}", retain=f"{retain_loss:.3f}")
+
+
+def example_order(num_examples: int, epochs: int, seed: int, phase: int) -> list[int]:
+    """Each phase sees every example once per epoch, in its own seeded order."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + phase)
+    return [index for _ in range(epochs) for index in torch.randperm(num_examples, generator=generator).tolist()]
+
+
+def process_share(order: list[int], step: int, global_batch_size: int) -> list[int]:
+    """This process's examples of global batch `step`."""
+    batch = order[step * global_batch_size : (step + 1) * global_batch_size]
+    share = global_batch_size // distributed.world_size()
+    return batch[distributed.rank() * share : (distributed.rank() + 1) * share]
+
+
+def make_batch(examples, indices, pad_token_id, device, vocab=None, random_seed=None) -> Batch:
+    input_ids, attention_mask = collate([examples[index] for index in indices], pad_token_id)
+    random_targets = None
+    if random_seed is not None:
+        # Seeded per example, so targets do not depend on how a batch is split across processes.
+        seed, phase = random_seed
+        random_targets = torch.stack(
+            [
+                torch.randint(vocab, (input_ids.shape[1],), generator=torch.Generator().manual_seed((seed * 1_000_003 + phase) * 1_000_033 + index))
+                for index in indices
+            ]
+        ).to(device)
+    return Batch(input_ids.to(device), attention_mask.to(device), random_targets)
+
+
+def take_gradients(parameters) -> list[torch.Tensor]:
+    """Detach the accumulated gradients from the parameters (zeros where none arrived)."""
+    gradients = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
+    for parameter in parameters:
+        parameter.grad = None
+    return gradients
+
+
+def norm(tensors: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
+
+
+def save_results(weights, tokenizer, output_dir: Path, adapter: str) -> None:
+    """adapter/ (LoRA) and model/ (merged), each written to a temporary folder and moved into place."""
+    if adapter == "lora":
+        partial = output_dir / "adapter.partial"
+        weights.save_adapter(partial)
+        run_folder.replace_folder(partial, output_dir / "adapter")
+    partial = output_dir / "model.partial"
+    save_model(weights.merged_model(), tokenizer, partial)
+    run_folder.replace_folder(partial, output_dir / "model")

@@ -1,0 +1,86 @@
+"""A disk cache of baseline evaluations, so each sweep member does not re-evaluate the same model.
+
+The key holds everything that changes the numbers: the model (a hub id with its revision, or a
+local folder with the size and modification time of its files, so a rebuilt model misses), the
+task set, the document limit, the context length and the lm-eval version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+
+def cache_directory() -> Path:
+    """`$PEEL_CACHE/baselines`, or `~/.cache/peel/baselines`."""
+    return Path(os.environ.get("PEEL_CACHE", "~/.cache/peel")).expanduser() / "baselines"
+
+
+def model_identity(name_or_path: str, revision: str | None) -> dict:
+    from peel.models import resolve_model_path
+
+    path = Path(resolve_model_path(name_or_path))
+    if not path.is_dir():
+        return {"model": name_or_path, "revision": revision}
+    files = sorted(item for item in path.rglob("*") if item.is_file())
+    fingerprint = [[str(item.relative_to(path)), item.stat().st_size, item.stat().st_mtime_ns] for item in files]
+    return {"model": str(path.resolve()), "files": fingerprint}
+
+
+def baseline_key(name_or_path: str, tasks: list[str], limit: int | None, max_length: int, revision: str | None = None) -> dict:
+    return {
+        **model_identity(name_or_path, revision),
+        "tasks": sorted(tasks),
+        "limit": limit,
+        "max_length": max_length,
+        "lm_eval_version": metadata.version("lm_eval"),
+    }
+
+
+def cache_file(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_directory() / f"{digest}.json"
+
+
+def load_baseline(
+    name_or_path: str, tasks: list[str], limit: int | None, max_length: int, revision: str | None = None
+) -> dict | None:
+    """The cached evaluation of this model on these tasks, or None."""
+    path = cache_file(baseline_key(name_or_path, tasks, limit, max_length, revision))
+    try:
+        return json.loads(path.read_text())["results"]
+    except (OSError, ValueError, KeyError):
+        return None  # absent or half-written: evaluate again
+
+
+def store_baseline(
+    name_or_path: str, tasks: list[str], limit: int | None, max_length: int, results: dict, revision: str | None = None
+) -> Path:
+    key = baseline_key(name_or_path, tasks, limit, max_length, revision)
+    path = cache_file(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so a process reading concurrently never sees half a file.
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"key": key, "results": results}, indent=1))
+    os.replace(partial, path)
+    return path
+
+
+def cached_baseline(
+    name_or_path: str,
+    tasks: list[str],
+    limit: int | None,
+    max_length: int,
+    compute: Callable[[], dict],
+    revision: str | None = None,
+) -> dict:
+    """The cached baseline if there is one; otherwise `compute()`, stored for next time."""
+    results = load_baseline(name_or_path, tasks, limit, max_length, revision)
+    if results is None:
+        results = compute()
+        store_baseline(name_or_path, tasks, limit, max_length, results, revision)
+    return results

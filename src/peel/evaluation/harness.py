@@ -1,0 +1,149 @@
+"""Run lm-eval-harness in process on an in-memory model, 0-shot, with peel's task YAMLs.
+
+The model is wrapped in lm-eval's `HFLM` as it is (no save and reload), so `peel unlearn` can
+evaluate after each phase and `peel tamper` during the attack without touching the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from importlib import metadata
+from pathlib import Path
+
+from peel.errors import PeelError
+
+TASK_DIRECTORY = Path(__file__).resolve().parent / "tasks"
+METRIC = "acc,none"
+STDERR = "acc_stderr,none"
+# Raised by datasets / huggingface_hub when a dataset is neither cached nor reachable.
+DATASET_ERRORS = ("DatasetNotFoundError", "HfHubHTTPError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
+
+
+@functools.lru_cache(maxsize=2)
+def task_manager(include_defaults: bool):
+    """lm-eval's index of tasks; scanning its ~15k built-in YAMLs takes seconds, so it is kept."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASK_DIRECTORY), include_defaults=include_defaults)
+
+
+def peel_task_names() -> set[str]:
+    """Tasks and groups defined by peel's own YAMLs."""
+    return set(task_manager(include_defaults=False).all_tasks)
+
+
+def manager_for(tasks: list[str]):
+    """Peel's tasks alone when they suffice (fast); lm-eval's built-ins too when asked for one."""
+    include_defaults = not set(tasks) <= peel_task_names()
+    manager = task_manager(include_defaults=include_defaults)
+    unknown = [name for name in tasks if name not in manager.all_tasks]
+    if unknown:
+        raise PeelError(
+            f"unknown evaluation task {unknown[0]!r}; peel's own tasks are "
+            f"{', '.join(sorted(name for name in peel_task_names() if '_robust_' not in name))}, "
+            "plus any lm-eval task name (e.g. mmlu)"
+        )
+    return manager
+
+
+def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: int, limit: int | None = None) -> dict:
+    """Accuracy of `model` on each task and group, 0-shot.
+
+    Returns {"tasks", "accuracy": {requested name: acc}, "details": {every task and group:
+    {"accuracy", "stderr", "samples"[, "subtasks"]}}, "limit", "num_fewshot", "lm_eval_version"}.
+    """
+    if not tasks:
+        raise PeelError("no evaluation tasks given; accepted: a list such as [wmdp_bio_robust, mmlu]")
+    if tokenizer.eos_token is None:
+        raise PeelError("the tokenizer has no eos token, which lm-eval needs to score empty contexts")
+    manager = manager_for(tasks)
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from peel.models import causal_lm
+
+    network = causal_lm(model)  # lm-eval wants the transformers model, even under a peft wrapper
+    was_training = network.training
+    network.eval()
+    try:
+        with quiet_lm_eval():
+            language_model = HFLM(pretrained=network, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+            output = lm_eval.simple_evaluate(
+                model=language_model,
+                tasks=list(tasks),
+                task_manager=manager,
+                limit=limit,
+                log_samples=False,
+                # Leave the caller's random state alone: 0-shot multiple choice draws no random
+                # numbers, and re-seeding here would change a run that evaluates between phases.
+                random_seed=None,
+                numpy_random_seed=None,
+                torch_random_seed=None,
+            )
+    except (ConnectionError, FileNotFoundError) as error:
+        raise PeelError(f"a dataset for tasks {', '.join(tasks)} could not be loaded: {first_line(error)}") from None
+    except Exception as error:
+        if type(error).__name__ in DATASET_ERRORS:
+            raise PeelError(f"a dataset for tasks {', '.join(tasks)} could not be loaded: {first_line(error)}") from None
+        raise
+    finally:
+        network.train(was_training)
+    return summarize(output, tasks, limit)
+
+
+@contextlib.contextmanager
+def quiet_lm_eval():
+    """Keep lm-eval's per-call notices (in-memory model, custom dataset) out of long logs."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def summarize(output: dict, tasks: list[str], limit: int | None) -> dict:
+    """The parts of lm-eval's output peel keeps, with group sample counts filled in."""
+    samples = {name: counts["effective"] for name, counts in output.get("n-samples", {}).items()}
+    subtasks = output.get("group_subtasks", {})
+
+    def count(name: str) -> int:
+        if name in samples:
+            return samples[name]
+        return sum(count(child) for child in subtasks.get(name, []))
+
+    details = {}
+    for name, values in output["results"].items():
+        if METRIC not in values:
+            continue
+        entry = {"accuracy": float(values[METRIC]), "stderr": as_number(values.get(STDERR)), "samples": count(name)}
+        if subtasks.get(name):
+            entry["subtasks"] = list(subtasks[name])
+        details[name] = entry
+    missing = [name for name in tasks if name not in details]
+    if missing:
+        raise PeelError(f"lm-eval returned no accuracy for {missing[0]!r}; is it a multiple-choice task?")
+    return {
+        "tasks": list(tasks),
+        "accuracy": {name: details[name]["accuracy"] for name in tasks},
+        "details": details,
+        "limit": limit,
+        "num_fewshot": 0,
+        "lm_eval_version": metadata.version("lm_eval"),
+    }
+
+
+def as_number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None  # lm-eval writes "N/A" when it has no standard error
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,38 @@
+"""eval.json: one evaluation of a model, optionally with the baseline it is compared against.
+
+Format: the dict `evaluate` returns plus "model" (what was evaluated) and, when known,
+"baseline" (the same shape, for the original model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peel.errors import PeelError
+
+EVAL_FILE = "eval.json"
+
+
+def write_evaluation(folder: str | Path, model: str, results: dict, baseline: dict | None = None) -> Path:
+    record = {"model": model, **results}
+    if baseline is not None:
+        record["baseline"] = baseline
+    path = Path(folder) / EVAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def read_evaluation(folder: str | Path) -> dict | None:
+    """The folder's eval.json, None when it has none, a PeelError when it is not readable."""
+    path = Path(folder) / EVAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PeelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("accuracy"), dict):
+        raise PeelError(f"{path} has no 'accuracy' mapping; was it written by peel eval?")
+    return record

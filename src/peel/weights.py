@@ -1,0 +1,128 @@
+"""What trains, and how to see the original model, without keeping a second copy of it.
+
+Two ways to train, one interface:
+- LoRA: the original model *is* the base weights with the adapters off. Switching adapters off
+  in the layers after L turns one forward pass into the probe (current up to L, original after).
+- Full fine-tuning: only the target layer trains in its phase, so only earlier targets differ
+  from the original. Each target layer is copied when its phase starts; the copies are swapped
+  in wherever the original is needed. Extra memory is (targets / layers) of the model.
+
+`original_from(first_layer)` makes layers >= first_layer original for the duration of a `with`:
+`original_from(L + 1)` is the probe, `original_from(0)` the whole original model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from peel.config import LoraOptions
+from peel.models import find_anatomy
+
+
+class LoraWeights:
+    """Adapters in every layer, all trainable in every phase (the seed's LoRA runs)."""
+
+    def __init__(self, model: nn.Module, options: LoraOptions):
+        from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import LoraLayer
+
+        lora_config = LoraConfig(
+            r=options.rank,
+            lora_alpha=options.alpha,
+            lora_dropout=options.dropout,
+            target_modules=options.target_modules,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        self.model = get_peft_model(model, lora_config)
+        self.anatomy = find_anatomy(self.model)
+        self.adapters_by_layer = [
+            [module for module in layer.modules() if isinstance(module, LoraLayer)] for layer in self.anatomy.layers
+        ]
+
+    def begin_phase(self, layer: int) -> None:
+        """Nothing changes between phases: every adapter keeps training."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+
+    @contextlib.contextmanager
+    def original_from(self, first_layer: int) -> Iterator[None]:
+        switched = [module for layer in self.adapters_by_layer[first_layer:] for module in layer]
+        # The private flag, not `enable_adapters`: that would also flip requires_grad.
+        for module in switched:
+            module._disable_adapters = True
+        try:
+            yield
+        finally:
+            for module in switched:
+                module._disable_adapters = False
+
+    def l2sp_penalty(self, layer: int) -> torch.Tensor:
+        """||w - w0||^2 of the target layer, i.e. the squared norm of its adapters' weight deltas."""
+        deltas = [
+            module.get_delta_weight(name).float().pow(2).sum()
+            for module in self.adapters_by_layer[layer]
+            for name in module.active_adapters
+            if name in module.lora_A
+        ]
+        return torch.stack(deltas).sum()
+
+    def save_adapter(self, folder) -> None:
+        self.model.save_pretrained(folder, safe_serialization=True)
+
+    def merged_model(self) -> nn.Module:
+        return self.model.merge_and_unload()
+
+
+class FullWeights:
+    """Only the target layer trains in its phase; each target's original weights are kept."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.anatomy = find_anatomy(model)
+        self.originals: dict[int, nn.Module] = {}
+        self.current_layer: int | None = None
+        model.requires_grad_(False)
+
+    def begin_phase(self, layer: int) -> None:
+        self.model.requires_grad_(False)
+        module = self.anatomy.layers[layer]
+        if layer not in self.originals:
+            self.originals[layer] = copy.deepcopy(module).requires_grad_(False)
+        module.requires_grad_(True)
+        self.current_layer = layer
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.anatomy.layers[self.current_layer].parameters())
+
+    @contextlib.contextmanager
+    def original_from(self, first_layer: int) -> Iterator[None]:
+        layers = self.anatomy.layers
+        trained = {index: layers[index] for index in self.originals if index >= first_layer}
+        for index in trained:
+            layers[index] = self.originals[index]
+        try:
+            yield
+        finally:
+            for index, module in trained.items():
+                layers[index] = module
+
+    def l2sp_penalty(self, layer: int) -> torch.Tensor:
+        pairs = zip(self.anatomy.layers[layer].parameters(), self.originals[layer].parameters())
+        return torch.stack([(current.float() - original.float()).pow(2).sum() for current, original in pairs]).sum()
+
+    def merged_model(self) -> nn.Module:
+        return self.model
+
+
+# `unlearn.adapter` -> how to set the model up for training.
+WEIGHTS = {
+    "lora": lambda model, lora: LoraWeights(model, lora),
+    "full": lambda model, lora: FullWeights(model),
+}
