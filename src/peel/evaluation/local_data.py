@@ -12,8 +12,6 @@ from pathlib import Path
 
 from peel.errors import PeelError
 
-# Where the testbed build writes its multiple-choice sets; tests point this at fixtures.
-TESTBED_ARTIFACTS = Path(__file__).resolve().parent.parent / "testbed" / "artifacts"
 REQUIRED_FIELDS = {"prompt": str, "choices": list, "answer": int}
 
 
@@ -48,12 +46,11 @@ def load_multiple_choice(path: str | Path):
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(read_multiple_choice(path))})
 
 
-def testbed_file(domain: str) -> Path:
-    return TESTBED_ARTIFACTS / f"{domain}_mc.jsonl"
+def load_testbed_multiple_choice(task: str):
+    """The question set behind testbed task `task`, as listed in `peel.testbed.MC_FILES`."""
+    from peel import testbed
 
-
-def load_testbed_multiple_choice(domain: str):
-    path = testbed_file(domain)
+    path = Path(testbed.MC_FILES[task])
     if not path.is_file():
         raise PeelError(f"testbed question set {str(path)!r} is missing; build it with `peel testbed build`")
     return load_multiple_choice(path)

@@ -8,8 +8,8 @@ from peel.evaluation.local_data import load_testbed_multiple_choice
 
 
 def testbed_forget(**_metadata):
-    return load_testbed_multiple_choice("forget")
+    return load_testbed_multiple_choice("testbed_forget")
 
 
 def testbed_retain(**_metadata):
-    return load_testbed_multiple_choice("retain")
+    return load_testbed_multiple_choice("testbed_retain")

@@ -1,0 +1,72 @@
+"""`peel eval TARGET`: lm-eval accuracy of a run's model, a model folder or a hub id -> eval.json."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Evaluate a model with lm-eval-harness (0-shot multiple choice) and write eval.json."
+DESCRIPTION = """\
+Evaluate TARGET (a run folder, whose model/ is used; a model folder; or a hub id) on lm-eval tasks,
+0-shot, in process, and write eval.json with one accuracy per task and group.
+
+peel's own tasks: wmdp_bio_robust (six WMDP-Bio-Robust subsets, weighted by size),
+testbed_forget, testbed_retain; any lm-eval task name works too (e.g. mmlu).
+
+Settings come from the run's config.yaml (for a run folder) or the defaults, then key=value
+overrides: eval.batch_size, eval.max_length, eval.limit, eval.tasks.
+
+examples:
+  peel eval runs/lora_l2 --tasks wmdp_bio_robust,mmlu
+  peel eval testbed:base --tasks testbed_forget,testbed_retain --output-dir out/base
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", help="Run folder, model folder, hub id or testbed:NAME.")
+    parser.add_argument("--tasks", help="Comma-separated tasks (overrides eval.tasks).")
+    parser.add_argument("--output-dir", help="Where eval.json goes (default: the run folder).")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="For a run folder, also evaluate the run's original model (cached) and store it as the baseline.",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. eval.limit=100.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from peel.evaluation import cached_baseline, evaluate, load_baseline, write_evaluation
+    from peel.evaluation.targets import load_target_model, output_folder, resolve_target
+
+    overrides = list(args.overrides)
+    if args.tasks:
+        overrides.append(f"eval.tasks=[{args.tasks}]")
+    target = resolve_target(args.target, overrides)
+    settings = target.config.eval
+    folder = output_folder(target, args.output_dir, "eval")
+    if not settings.tasks:
+        from peel.errors import PeelError
+
+        raise PeelError("no tasks to evaluate; pass --tasks wmdp_bio_robust,mmlu or eval.tasks=[...]")
+
+    def evaluate_folder(name: str) -> dict:
+        from peel.evaluation.targets import Target
+
+        model, tokenizer = load_target_model(Target(name, None, target.config))
+        return {"model": name, **evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit)}
+
+    results = evaluate_folder(target.model)
+    baseline = None
+    if target.run_folder is not None:
+        original = target.config.model.name_or_path
+        cache_arguments = (original, settings.tasks, settings.limit, settings.max_length)
+        if args.baseline:
+            baseline = cached_baseline(*cache_arguments, compute=lambda: evaluate_folder(original), revision=target.config.model.revision)
+        else:
+            baseline = load_baseline(*cache_arguments, revision=target.config.model.revision)
+    results.pop("model")
+    path = write_evaluation(folder, target.model, results, baseline)
+    for name, accuracy in results["accuracy"].items():
+        reference = f" (baseline {baseline['accuracy'][name]:.4f})" if baseline and name in baseline["accuracy"] else ""
+        print(f"{name}: {accuracy:.4f}{reference}")
+    print(f"wrote {path}")
+    return 0
