@@ -1,0 +1,36 @@
+"""`peel report RUNS...`: the research log's tables and plots, from run folders alone."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Render markdown tables and plots from run folders (no model loading)."
+DESCRIPTION = """\
+Read run folders (config.yaml, metrics.jsonl, run.json, eval.json, tamper.json) and write a
+markdown report: one table per experiment family (runs that differ only in swept settings such
+as remove_coef, retain_coef, lr), baseline row first, the best forget-minus-retain result in bold,
+each run labelled with its evaluation state; a tampering table; and plots (loss curves per phase,
+accuracy vs phase, overlaid tamper curves) in a folder beside the report.
+
+example:
+  peel report runs/* --output report.md
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="Run folders.")
+    parser.add_argument("--output", default="report.md", help="Markdown file to write (plots go to <name>_plots/).")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peel.report import draw_plots, read_run, render
+
+    runs = [read_run(folder) for folder in args.runs]
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    links = draw_plots(runs, output.parent / f"{output.stem}_plots", relative_to=output.parent)
+    output.write_text(render(runs, links))
+    print(f"wrote {output}")
+    return 0

@@ -1,0 +1,52 @@
+import pytest
+
+from peel.config import LayerRange, apply_overrides, help_lines, load_config, save_config
+from peel.errors import PeelError
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("unlearn:\n  layers: {start: 28, end: 16, step: 4}\n  remove_coef: 50\ntrain:\n  lr: 5e-4\n")
+    config = load_config(path, ["unlearn.retain_coef=7", "unlearn.layers.step=2", "data.forget.text_field=body"])
+    assert config.unlearn.layers == LayerRange(start=28, end=16, step=2)
+    assert config.unlearn.remove_coef == 50.0 and config.unlearn.retain_coef == 7.0
+    assert config.train.lr == 5e-4 and config.train.global_batch_size == 32  # untouched keys keep defaults
+    assert config.data.forget.text_field == "body" and config.data.forget.path == "testbed:forget"
+    assert apply_overrides(config, ["unlearn.layers=[3, 1]"]).unlearn.layers == [3, 1]
+    saved = tmp_path / "saved.yaml"
+    save_config(config, saved)  # the run folder's config.yaml reloads to the same config
+    assert load_config(saved) == config
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("unlearn.bogus=1", "unknown config key 'unlearn.bogus'"),
+        ("bogus.key=1", "unknown config key 'bogus'"),
+        ("train.lr=fast", "'train.lr' got 'fast'; accepted: a number"),
+        ("train.seed=1.5", "'train.seed' got 1.5; accepted: an integer"),
+        ("unlearn.adapter=qlora", "'unlearn.adapter' got 'qlora'; accepted: lora, full"),
+        ("unlearn.retain_layers=some", "accepted: list of int or all | target"),
+        ("train.gradient_checkpointing=maybe", "accepted: true or false"),
+        ("no_equals_sign", "dotted.key=value"),
+    ],
+)
+def test_config_errors_name_the_key_and_accepted_values(override, message):
+    with pytest.raises(PeelError, match=message.replace("[", r"\[").replace("|", r"\|")):
+        load_config(None, [override])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(PeelError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(PeelError, match="mapping"):
+        load_config(bad)
+
+
+def test_every_key_has_help():
+    lines = help_lines()
+    keys = [line.split(" = ")[0].strip() for line in lines]
+    assert "unlearn.grad_filter" in keys and "train.global_batch_size" in keys and "data.forget.path" in keys
+    assert all(line.split("\n")[1].strip() for line in lines)

@@ -1,0 +1,168 @@
+"""Whole runs on tiny models: the run folder, what changes, determinism, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from peel.config import load_config
+from peel.engine import unlearn
+from peel.errors import PeelError, RunFailed
+
+
+def overrides(model: Path, corpora: dict, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        f"model.name_or_path={model}",
+        f"data.forget.path={corpora['forget']}",
+        f"data.retain.path={corpora['retain']}",
+        "data.num_examples=16",
+        "data.max_length=16",
+        "train.global_batch_size=8",
+        "train.per_device_batch_size=4",
+        "train.dtype=float32",
+        "train.lr=1e-2",
+        "unlearn.layers=[3, 1]",
+        f"output_dir={output_dir}",
+        *extra,
+    ]
+
+
+def cli(tmp_path: Path, arguments: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    config = tmp_path / "config.yaml"
+    config.write_text("notes: a test run\n")
+    command = [sys.executable, "-m", "peel", "unlearn", str(config), *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def weights_of(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_cli_run_writes_the_run_folder(tiny_models, corpora, tmp_path):
+    output_dir = tmp_path / "run"
+    result = cli(tmp_path, overrides(tiny_models["gpt_neox"], corpora, output_dir))
+    assert result.returncode == 0, result.stderr
+    assert {"config.yaml", "metrics.jsonl", "run.json", "model", "adapter"} <= {p.name for p in output_dir.iterdir()}
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [(r["phase"], r["layer"]) for r in records] == [(0, 3), (0, 3), (1, 1), (1, 1)]
+    for key in ("forget_loss", "retain_loss", "forget_coef", "retain_coef", "grad_norm", "lr"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert [r["retain_coef"] for r in records] == [0.0, 5.0, 0.0, 5.0]  # from_zero ramp over 2 steps
+    run = json.loads((output_dir / "run.json").read_text())
+    assert run["status"] == "completed" and run["wall_seconds"] > 0 and "torch" in run["versions"]
+    assert load_config(output_dir / "config.yaml").model.name_or_path == str(tiny_models["gpt_neox"])
+
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(output_dir / "model")
+    original = AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neox"])
+    changed = [name for name, p in merged.state_dict().items() if not torch.equal(p, original.state_dict()[name])]
+    assert changed and not any("lora" in name for name in merged.state_dict())
+
+
+def test_full_fine_tuning_changes_only_target_layers(tiny_models, corpora, tmp_path):
+    config = load_config(None, overrides(tiny_models["llama"], corpora, tmp_path / "run", "unlearn.adapter=full",
+                                         "unlearn.retain_layers=target", "unlearn.l2sp_coef=0.1"))
+    output_dir = unlearn(config)
+    after, before = weights_of(output_dir / "model"), weights_of(tiny_models["llama"])
+    changed_layers = {int(name.split(".")[2]) for name in after if not torch.equal(after[name], before[name])}
+    assert changed_layers == {1, 3}
+    assert all(name.startswith("model.layers.") for name in after if not torch.equal(after[name], before[name]))
+    assert not (output_dir / "adapter").exists()
+
+
+@pytest.mark.parametrize("retain_loss, grad_filter", [("kl", "same_sign"), ("nll", "asymmetric"), ("l2", "none")])
+def test_runs_are_deterministic_given_the_seed(tiny_models, corpora, tmp_path, retain_loss, grad_filter):
+    def run(name, seed):
+        extra = [f"unlearn.retain_loss={retain_loss}", f"unlearn.grad_filter={grad_filter}",
+                 "unlearn.forget_loss=random_ce", f"train.seed={seed}"]
+        output_dir = unlearn(load_config(None, overrides(tiny_models["qwen2"], corpora, tmp_path / name, *extra)))
+        return (output_dir / "metrics.jsonl").read_text(), weights_of(output_dir / "model")
+
+    first_metrics, first = run("a", 0)
+    second_metrics, second = run("b", 0)
+    assert first_metrics == second_metrics
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    third_metrics, _ = run("c", 1)
+    assert third_metrics != first_metrics
+
+
+def test_accumulation_does_not_change_the_step(tiny_models, corpora, tmp_path):
+    """Batch 8 in one pass vs 2 x 4 accumulated: the same losses and weights."""
+    def run(name, per_device):
+        extra = [f"train.per_device_batch_size={per_device}", "unlearn.grad_filter=same_sign", "unlearn.forget_loss=random_ce"]
+        output_dir = unlearn(load_config(None, overrides(tiny_models["gpt_neox"], corpora, tmp_path / name, *extra)))
+        return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()], weights_of(output_dir / "model")
+
+    whole, whole_weights = run("whole", 8)
+    split, split_weights = run("split", 4)
+    for a, b in zip(whole, split):
+        assert a["forget_loss"] == pytest.approx(b["forget_loss"], rel=1e-5)
+        assert a["retain_loss"] == pytest.approx(b["retain_loss"], rel=1e-4, abs=1e-7)
+    for name in whole_weights:
+        # Adam divides by sqrt(v): float rounding in near-zero gradients shows up around 1e-6.
+        torch.testing.assert_close(whole_weights[name], split_weights[name], rtol=1e-3, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_run(tiny_models, corpora, tmp_path):
+    def run(name, checkpointing):
+        extra = [f"train.gradient_checkpointing={checkpointing}", "unlearn.retain_loss=kl"]
+        output_dir = unlearn(load_config(None, overrides(tiny_models["llama"], corpora, tmp_path / name, *extra)))
+        return weights_of(output_dir / "model")
+
+    plain, checkpointed = run("plain", "false"), run("checkpointed", "true")
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], rtol=1e-4, atol=1e-6)
+
+
+def test_non_finite_loss_fails_the_run(tiny_models, corpora, tmp_path):
+    config = load_config(None, overrides(tiny_models["gpt_neox"], corpora, tmp_path / "run", "train.lr=1e30",
+                                         "train.max_grad_norm=0", "unlearn.remove_coef=1e30"))
+    with pytest.raises(RunFailed, match="non-finite loss"):
+        unlearn(config)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "run" / "model").exists()
+
+
+BAD_INPUTS = [
+    (["data.forget.path=/nonexistent/forget.jsonl"], "data file '/nonexistent/forget.jsonl' does not exist"),
+    (["unlearn.layers=[4]"], "layer 4; the model has layers 0..3"),
+    (["unlearn.layers=[3, 1]", "unlearn.retain_layers=[7]"], "retain_layers contains layer 7"),
+    (["train.global_batch_size=6"], "global_batch_size=6 is not a multiple"),
+    (["data.num_examples=1000"], "non-empty examples"),
+    (["data.forget.text_field=body"], "has no column 'body'"),
+    (["unlearn.lora.rank=two"], "'unlearn.lora.rank' got 'two'; accepted: an integer"),
+    (["unlearn.typo=1"], "unknown config key 'unlearn.typo'"),
+    (["model.name_or_path=/nonexistent/model"], "cannot load model '/nonexistent/model'"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_models, corpora, tmp_path, extra, message):
+    output_dir = tmp_path / "run"
+    result = cli(tmp_path, [*overrides(tiny_models["gpt_neox"], corpora, output_dir), *extra])
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("peel unlearn: error:") and message in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output_dir.exists()
+
+
+def test_unsupported_and_empty_inputs(tmp_path, tiny_models):
+    from peel.data import load_texts
+    from peel.config import DataSource
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n')
+    with pytest.raises(PeelError, match="0 non-empty examples"):
+        load_texts(DataSource(path=str(empty)), 4, 0)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "data.csv").write_text("text\nhello\n")
+    with pytest.raises(PeelError, match="must be one kind of"):
+        load_texts(DataSource(path=str(folder)), 1, 0)
