@@ -1,0 +1,61 @@
+"""`peel report` from fixture run folders: the rendered tables, state labels, plots and bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from peel.cli import main
+from peel.errors import PeelError
+from peel.report import read_run, state_label
+
+FIXTURES = Path(__file__).parent / "fixtures" / "report"
+RUNS = sorted(str(path) for path in (FIXTURES / "runs").iterdir())
+SEED_BASELINE = {"wmdp_bio_robust": 0.4297, "mmlu": 0.4510}
+
+
+def test_report_matches_the_expected_markdown_and_draws_plots(tmp_path):
+    output = tmp_path / "report.md"
+    assert main(["report", *RUNS, "--output", str(output)]) == 0
+    assert output.read_text() == (FIXTURES / "expected.md").read_text()
+    plots = tmp_path / "report_plots"
+    assert {path.name for path in plots.iterdir()} >= {"tamper.png", "l2_rm50_losses.png", "kl_lr1e-4_phase_accuracy.png"}
+
+
+@pytest.mark.parametrize(
+    "forget, retain, expected",
+    [  # rows of the seed log and the labels its notes gave them
+        (0.2684, 0.4437, "forget dropped, retain held"),  # L2 run 5
+        (0.2535, 0.2540, "both near chance"),  # L2 run 6, "MMLU collapsed"
+        (0.4251, 0.4378, "both near baseline"),  # KL run 18, "No effect"
+        (0.3134, 0.3186, "both partial"),  # KL run 26, "Twin Degradation"
+        (0.4297, 0.3000, "retain dropped, forget held"),
+    ],
+)
+def test_state_labels_on_the_seed_log(forget, retain, expected):
+    accuracy = {"wmdp_bio_robust": forget, "mmlu": retain}
+    assert state_label(accuracy, SEED_BASELINE, "wmdp_bio_robust", "mmlu") == expected
+
+
+def test_a_folder_without_config_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--output", str(tmp_path / "report.md")]) == 2
+    assert "is not a run folder: it has no config.yaml" in capsys.readouterr().err
+
+
+def test_a_corrupt_metrics_line_is_named(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "runs" / "l2_rm10", run)
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 9, "forget_lo')
+    with pytest.raises(PeelError, match=r"metrics.jsonl:9 is not valid JSON"):
+        read_run(run)
+
+
+def test_a_corrupt_eval_json_is_named(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "runs" / "l2_rm10", run)
+    (run / "eval.json").write_text("{")
+    with pytest.raises(PeelError, match=r"eval.json is not valid JSON"):
+        read_run(run)
