@@ -50,3 +50,13 @@ def test_every_key_has_help():
     keys = [line.split(" = ")[0].strip() for line in lines]
     assert "unlearn.grad_filter" in keys and "train.global_batch_size" in keys and "data.forget.path" in keys
     assert all(line.split("\n")[1].strip() for line in lines)
+
+
+def test_base_files_are_merged_under_the_config(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {lr: 0.001, seed: 3}\nunlearn: {remove_coef: 5}\n")
+    (tmp_path / "run.yaml").write_text("base: base.yaml\ntrain: {lr: 0.002}\n")
+    config = load_config(tmp_path / "run.yaml")
+    assert (config.train.lr, config.train.seed, config.unlearn.remove_coef) == (0.002, 3, 5.0)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(PeelError, match="names itself"):
+        load_config(tmp_path / "loop.yaml")

@@ -183,20 +183,41 @@ class Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file, then `dotted.key=value` overrides, each checked."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise PeelError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise PeelError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise PeelError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    """Defaults, then the YAML file (and the files it names as `base`), then `dotted.key=value` overrides."""
+    raw = read_yaml(Path(path)) if path is not None else {}
     config = build(Config, raw, prefix="")
     return apply_overrides(config, overrides)
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file as a mapping. `base: other.yaml` (relative to the file) is read first and
+    deep-merged under it, so a family of configs states only what differs from its base."""
+    if not path.is_file():
+        raise PeelError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise PeelError(f"config file {str(path)!r} names itself as a base (through {[str(p) for p in seen]})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise PeelError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise PeelError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise PeelError(f"config key 'base' in {str(path)!r} got {base!r}; accepted: a path to another config file")
+    return deep_merge(read_yaml(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
