@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from peel.errors import PeelError
+
 HELP = "Evaluate a model with lm-eval-harness (0-shot multiple choice) and write eval.json."
 DESCRIPTION = """\
 Evaluate TARGET (a run folder, whose model/ is used; a model folder; or a hub id) on lm-eval tasks,
@@ -44,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
     settings = target.config.eval
     folder = output_folder(target, args.output_dir, "eval")
     if not settings.tasks:
-        from peel.errors import PeelError
-
         raise PeelError("no tasks to evaluate; pass --tasks wmdp_bio_robust,mmlu or eval.tasks=[...]")
 
     def evaluate_folder(name: str) -> dict:
@@ -59,14 +59,23 @@ def run(args: argparse.Namespace) -> int:
     if target.run_folder is not None:
         original = target.config.model.name_or_path
         cache_arguments = (original, settings.tasks, settings.limit, settings.max_length)
+        revision = target.config.model.revision
         if args.baseline:
-            baseline = cached_baseline(*cache_arguments, compute=lambda: evaluate_folder(original), revision=target.config.model.revision)
+            baseline = cached_baseline(*cache_arguments, compute=lambda: evaluate_folder(original), revision=revision)
         else:
-            baseline = load_baseline(*cache_arguments, revision=target.config.model.revision)
-    results.pop("model")
-    path = write_evaluation(folder, target.model, results, baseline)
+            baseline = load_baseline(*cache_arguments, revision=revision) or earlier_baseline(folder, settings.tasks)
+    path = write_evaluation(folder, results.pop("model"), results, baseline)
     for name, accuracy in results["accuracy"].items():
         reference = f" (baseline {baseline['accuracy'][name]:.4f})" if baseline and name in baseline["accuracy"] else ""
         print(f"{name}: {accuracy:.4f}{reference}")
     print(f"wrote {path}")
     return 0
+
+
+def earlier_baseline(folder, tasks: list[str]) -> dict | None:
+    """The baseline an earlier eval.json in `folder` holds for the same tasks (e.g. from peel unlearn)."""
+    from peel.evaluation import read_evaluation
+
+    earlier = read_evaluation(folder)
+    baseline = (earlier or {}).get("baseline")
+    return baseline if baseline and set(tasks) <= set(baseline.get("accuracy", {})) else None
