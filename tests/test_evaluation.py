@@ -205,3 +205,14 @@ def test_missing_dataset_offline_is_a_one_line_error(tmp_path):
     last_line = completed.stderr.strip().splitlines()[-1]
     assert last_line.startswith("peel eval: error:") and "EleutherAI/wmdp_bio_robust_mcqa" in last_line
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.skipif(not Path(testbed.MC_FILES["testbed_forget"]).is_file(), reason="testbed artifacts not built")
+def test_shipped_testbed_model_on_shipped_testbed_tasks():
+    from peel.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer("testbed:base")
+    results = evaluate(model, tokenizer, ["testbed_forget", "testbed_retain"], batch_size=16, max_length=256, limit=40)
+    assert {name: entry["samples"] for name, entry in results["details"].items()} == {"testbed_forget": 40, "testbed_retain": 40}
+    # The base model was pretrained on both domains: it should beat chance (0.25) clearly on each.
+    assert min(results["accuracy"].values()) > 0.5
