@@ -94,6 +94,8 @@ def unlearn(config: Config) -> Path:
     retain_texts = load_retain_texts(data.retain, data.chat, data.num_examples, config.train.seed, tokenizer)
     retain = tokenize(retain_texts, tokenizer, data.max_length)
 
+    baseline = evaluate_baseline(config, model.to(device), tokenizer)
+
     if distributed.is_main():
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
@@ -110,7 +112,8 @@ def unlearn(config: Config) -> Path:
     bar = tqdm(total=total_steps, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
     try:
         for phase, layer in enumerate(plan.layers):
-            run_phase(weights, phase, layer, plan, config, forget, retain, tokenizer.pad_token_id, device, output_dir, bar)
+            after_phase = (lambda: evaluate_model(weights.model, tokenizer, config.eval)) if config.eval.every_phase else None
+            run_phase(weights, phase, layer, plan, config, forget, retain, tokenizer.pad_token_id, device, output_dir, bar, after_phase)
     except RunFailed as error:
         if distributed.is_main():
             record = run_folder.run_record("failed", started, device, error=str(error))
@@ -121,15 +124,24 @@ def unlearn(config: Config) -> Path:
 
     # ---- finish
     if distributed.is_main():
-        save_results(weights, tokenizer, output_dir, config.unlearn.adapter)
+        model = save_results(weights, tokenizer, output_dir, config.unlearn.adapter)
+        if config.eval.tasks:
+            from peel.evaluation import evaluate, write_evaluation
+
+            results = evaluate(model, tokenizer, config.eval.tasks, config.eval.batch_size, config.eval.max_length, config.eval.limit)
+            write_evaluation(output_dir, str(output_dir / "model"), results, baseline)
         record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers)
         run_folder.write_json(output_dir / "run.json", record)
     distributed.barrier()
     return output_dir
 
 
-def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id, device, output_dir, bar) -> None:
-    """All optimizer steps that target `layer`, with a fresh optimizer and schedule."""
+def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id, device, output_dir, bar, after_phase=None) -> None:
+    """All optimizer steps that target `layer`, with a fresh optimizer and schedule.
+
+    `after_phase`, when given, evaluates the model after the phase's last step; its accuracies
+    go into that step's metrics record under "eval".
+    """
     from transformers import get_scheduler
 
     unlearn, train = config.unlearn, config.train
@@ -204,6 +216,8 @@ def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id,
             "grad_norm": float(grad_norm),
             "lr": lr,
         }
+        if after_phase is not None and step_in_phase == plan.steps_per_phase - 1:
+            record["eval"] = after_phase()
         if distributed.is_main():
             run_folder.append_jsonl(output_dir / "metrics.jsonl", record)
         bar.update(1)
@@ -250,12 +264,40 @@ def norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
 
 
-def save_results(weights, tokenizer, output_dir: Path, adapter: str) -> None:
-    """adapter/ (LoRA) and model/ (merged), each written to a temporary folder and moved into place."""
+def evaluate_model(model, tokenizer, settings) -> dict[str, float]:
+    """Accuracy per task of the model as it is now (adapters active)."""
+    from peel.evaluation import evaluate
+
+    return evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit)["accuracy"]
+
+
+def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:
+    """The original model's evaluation, computed once per model and task set and then cached."""
+    settings = config.eval
+    if not settings.tasks or not distributed.is_main():
+        return None
+    from peel.evaluation import cached_baseline, evaluate
+
+    return cached_baseline(
+        config.model.name_or_path,
+        settings.tasks,
+        settings.limit,
+        settings.max_length,
+        compute=lambda: evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit),
+        revision=config.model.revision,
+    )
+
+
+def save_results(weights, tokenizer, output_dir: Path, adapter: str):
+    """adapter/ (LoRA) and model/ (merged), each written to a temporary folder and moved into place.
+
+    Returns the merged model."""
     if adapter == "lora":
         partial = output_dir / "adapter.partial"
         weights.save_adapter(partial)
         run_folder.replace_folder(partial, output_dir / "adapter")
     partial = output_dir / "model.partial"
-    save_model(weights.merged_model(), tokenizer, partial)
+    model = weights.merged_model()
+    save_model(model, tokenizer, partial)
     run_folder.replace_folder(partial, output_dir / "model")
+    return model
