@@ -221,7 +221,8 @@ def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id,
         if distributed.is_main():
             run_folder.append_jsonl(output_dir / "metrics.jsonl", record)
         bar.update(1)
-        bar.set_postfix(layer=layer, forget=f"{forget_loss:.3f}", retain=f"{retain_loss:.3f}")
+        bar.set_description(f"phase {phase + 1}/{len(plan.layers)} (layer {layer})")
+        bar.set_postfix(forget=f"{forget_loss:.3f}", retain=f"{retain_loss:.3f}")
 
 
 def example_order(num_examples: int, epochs: int, seed: int, phase: int) -> list[int]:
