@@ -40,6 +40,7 @@ def manager_for(tasks: list[str]):
     manager = task_manager(include_defaults=include_defaults)
     unknown = [name for name in tasks if name not in manager.all_tasks]
     if unknown:
+        # Name peel's headline tasks; the six WMDP subsets are reachable but would crowd the message.
         raise PeelError(
             f"unknown evaluation task {unknown[0]!r}; peel's own tasks are "
             f"{', '.join(sorted(name for name in peel_task_names() if '_robust_' not in name))}, "
