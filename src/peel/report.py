@@ -3,7 +3,9 @@
 Reads only what runs leave behind (config.yaml, metrics.jsonl, run.json, eval.json,
 tamper.json): no model is loaded, so a report can be rebuilt anywhere from copied folders.
 Runs that share every setting except the swept ones form one table (a "family"), headed by the
-baseline row, as in the seed log.
+baseline row, as in the seed log. In metrics.jsonl, lines with `forget_loss` are optimizer steps
+and lines with an `eval` mapping ({"step", "phase", "layer", "eval": {task: accuracy}}) are the
+per-phase evaluations `eval.every_phase` asks for.
 """
 
 from __future__ import annotations
