@@ -168,24 +168,15 @@ def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id,
         forget_batches = [make_batch(forget, chunk, pad_token_id, device, vocab, random_seed) for chunk in micro]
         retain_batches = [make_batch(retain, chunk, pad_token_id, device) for chunk in micro]
 
-        scale = 1.0 / plan.examples_per_process
-        forget_losses = torch.cat(
-            [forget_backward(weights, batch, layer, unlearn.forget_loss, forget_coef * scale) for batch in forget_batches]
+        statistics = compute_gradients(
+            weights, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
+            forget_coef, retain_coef, plan.examples_per_process,
         )
-        forget_gradients = take_gradients(parameters)
-        retain_objective = RETAIN_OBJECTIVES[unlearn.retain_loss]
-        retain_losses = torch.cat([retain_objective(weights, batch, retain_layers, retain_coef * scale) for batch in retain_batches])
-        retain_gradients = take_gradients(parameters)
-        distributed.all_reduce_mean(forget_gradients + retain_gradients)
-
-        combine = GRADIENT_FILTERS[unlearn.grad_filter]
-        for parameter, forget_gradient, retain_gradient in zip(parameters, forget_gradients, retain_gradients):
-            parameter.grad = combine(forget_gradient, retain_gradient)
-        l2sp = torch.zeros(())
-        if unlearn.l2sp_coef:
-            penalty = weights.l2sp_penalty(layer)
-            (unlearn.l2sp_coef * penalty).backward()
-            l2sp = penalty.detach()
+        if not (math.isfinite(statistics["forget_loss"]) and math.isfinite(statistics["retain_loss"])):
+            raise RunFailed(
+                f"non-finite loss at phase {phase} (layer {layer}) step {step_in_phase}: forget_loss="
+                f"{statistics['forget_loss']}, retain_loss={statistics['retain_loss']}; try a lower train.lr or train.dtype=float32"
+            )
         max_norm = train.max_grad_norm if train.max_grad_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         lr = optimizer.param_groups[0]["lr"]
@@ -193,26 +184,14 @@ def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id,
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        means = torch.stack([forget_losses.mean(), retain_losses.mean()]).float()
-        distributed.all_reduce_mean([means])
-        forget_loss, retain_loss = means.tolist()
-        if not (math.isfinite(forget_loss) and math.isfinite(retain_loss)):
-            raise RunFailed(
-                f"non-finite loss at phase {phase} (layer {layer}) step {step_in_phase}: "
-                f"forget_loss={forget_loss}, retain_loss={retain_loss}; try a lower train.lr or train.dtype=float32"
-            )
         record = {
             "step": bar.n + 1,
             "phase": phase,
             "layer": layer,
             "step_in_phase": step_in_phase,
-            "forget_loss": forget_loss,
-            "retain_loss": retain_loss,
             "forget_coef": forget_coef,
             "retain_coef": retain_coef,
-            "l2sp": float(l2sp),
-            "forget_grad_norm": norm(forget_gradients),
-            "retain_grad_norm": norm(retain_gradients),
+            **statistics,
             "grad_norm": float(grad_norm),
             "lr": lr,
         }
@@ -222,7 +201,49 @@ def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id,
             run_folder.append_jsonl(output_dir / "metrics.jsonl", record)
         bar.update(1)
         bar.set_description(f"phase {phase + 1}/{len(plan.layers)} (layer {layer})")
-        bar.set_postfix(forget=f"{forget_loss:.3f}", retain=f"{retain_loss:.3f}")
+        bar.set_postfix(forget=f"{record['forget_loss']:.3f}", retain=f"{record['retain_loss']:.3f}")
+
+
+def compute_gradients(
+    weights, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
+    forget_coef: float, retain_coef: float, examples_per_process: int,
+) -> dict[str, float]:
+    """Leave one optimizer step's combined gradient in each parameter's `.grad`.
+
+    Forget and retain gradients are accumulated separately over the micro-batches, averaged
+    across processes, then combined by the gradient filter; L2-SP is added after the filter
+    (it is a pull toward the original weights, not a data gradient to be compared).
+    Returns the step's mean losses and the gradient norms.
+    """
+    scale = 1.0 / examples_per_process  # per-example losses summed: the same step however the batch is split
+    forget_losses = torch.cat(
+        [forget_backward(weights, batch, layer, unlearn.forget_loss, forget_coef * scale) for batch in forget_batches]
+    )
+    forget_gradients = take_gradients(parameters)
+    retain_objective = RETAIN_OBJECTIVES[unlearn.retain_loss]
+    retain_losses = torch.cat([retain_objective(weights, batch, retain_layers, retain_coef * scale) for batch in retain_batches])
+    retain_gradients = take_gradients(parameters)
+    distributed.all_reduce_mean(forget_gradients + retain_gradients)
+
+    combine = GRADIENT_FILTERS[unlearn.grad_filter]
+    for parameter, forget_gradient, retain_gradient in zip(parameters, forget_gradients, retain_gradients):
+        parameter.grad = combine(forget_gradient, retain_gradient)
+    l2sp = 0.0
+    if unlearn.l2sp_coef:
+        penalty = weights.l2sp_penalty(layer)
+        (unlearn.l2sp_coef * penalty).backward()
+        l2sp = float(penalty.detach())
+
+    means = torch.stack([forget_losses.mean(), retain_losses.mean()]).float()
+    distributed.all_reduce_mean([means])
+    forget_loss, retain_loss = means.tolist()
+    return {
+        "forget_loss": forget_loss,
+        "retain_loss": retain_loss,
+        "l2sp": l2sp,
+        "forget_grad_norm": norm(forget_gradients),
+        "retain_grad_norm": norm(retain_gradients),
+    }
 
 
 def example_order(num_examples: int, epochs: int, seed: int, phase: int) -> list[int]:
