@@ -48,9 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse stops filling a positional list at the first option, so `key=value` words that come
+    # after an option (`peel tamper RUN --output-dir D tamper.steps=4`) arrive as unknown arguments.
+    args, unknown = parser.parse_known_args(argv)
+    stray = [word for word in unknown if "=" not in word or word.startswith("-")]
+    if stray or (unknown and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or unknown)}")
+    if unknown:
+        args.overrides = [*(args.overrides or []), *unknown]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     try:
         return args.run(args)
     except PeelError as error:
