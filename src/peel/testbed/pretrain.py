@@ -53,18 +53,21 @@ def build_model(shape: ModelShape, tokenizer):
 
 def packed_batches(token_lists: list[list[int]], eos_id: int, schedule: Schedule, seed: int):
     """Endless batches of packed rows: each epoch shuffles the documents, joins them with eos
-    and cuts the stream into rows of `sequence_length` tokens."""
+    and cuts the stream into rows of `sequence_length` tokens (a batch may span two epochs, so
+    a corpus smaller than one batch still works)."""
     import torch
 
     rng = random.Random(seed)
     order = list(range(len(token_lists)))
+    pending: list[list[int]] = []
     while True:
         rng.shuffle(order)
         stream = [token for index in order for token in token_lists[index] + [eos_id]]
-        rows = len(stream) // schedule.sequence_length
-        data = torch.tensor(stream[: rows * schedule.sequence_length]).view(rows, schedule.sequence_length)
-        for start in range(0, rows - schedule.batch_size + 1, schedule.batch_size):
-            yield data[start : start + schedule.batch_size]
+        for start in range(0, len(stream) - schedule.sequence_length + 1, schedule.sequence_length):
+            pending.append(stream[start : start + schedule.sequence_length])
+            if len(pending) == schedule.batch_size:
+                yield torch.tensor(pending)
+                pending = []
 
 
 def learning_rate(step: int, schedule: Schedule) -> float:
