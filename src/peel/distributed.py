@@ -44,6 +44,15 @@ def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
         tensor.div_(world_size())
 
 
+def gather_objects(value) -> list:
+    """`value` from every process, in rank order (a one-item list with one process)."""
+    if world_size() == 1:
+        return [value]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

@@ -8,7 +8,11 @@
     finish   save the model (LoRA merged) and the adapter, write run.json
 
 One process or N under torchrun run the same code: each process takes its share of every global
-batch and gradients are averaged across processes before they are combined.
+batch, and DDP (LoRA) or FSDP2 (full fine-tuning) averages each objective's gradients across
+processes before they are combined (parallel.py says how and why).
+
+A checkpoint every `train.checkpoint_every` steps and at each phase end lets the same command,
+run again on the same output_dir, continue where a killed run stopped (checkpoint.py, resume.py).
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from peel import distributed, run_folder
+from peel import checkpoint, distributed, parallel, resume, run_folder
 from peel.config import Config, save_config
 from peel.data import collate, load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError, RunFailed
 from peel.filters import GRADIENT_FILTERS
 from peel.models import load_model_and_tokenizer, load_model_config, save_model
 from peel.objectives import RETAIN_OBJECTIVES, Batch, forget_backward
+from peel.parallel import full_tensor
 from peel.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set, target_layers
 from peel.weights import WEIGHTS
 
@@ -73,8 +78,12 @@ def make_plan(config: Config, num_layers: int, world_size: int) -> Plan:
     )
 
 
-def unlearn(config: Config) -> Path:
-    """Run every phase of `config`; return the run folder."""
+def unlearn(config: Config, force: bool = False) -> Path:
+    """Run every phase of `config`; return the run folder.
+
+    On an output_dir that holds this config's run, continue it from its last checkpoint (or do
+    nothing when it completed); `force` starts over instead.
+    """
     started = time.time()
     device = distributed.init()
     output_dir = Path(config.output_dir)
@@ -82,6 +91,11 @@ def unlearn(config: Config) -> Path:
     # ---- setup: every check before anything is written
     model_config = load_model_config(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
     plan = make_plan(config, model_config.num_hidden_layers, distributed.world_size())
+    folder_state = resume.folder_state(output_dir, config, force)
+    if folder_state == resume.COMPLETED:
+        if distributed.is_main():
+            print(f"{output_dir} holds a completed run of this config; nothing to do (--force runs it again)")
+        return output_dir
     model, tokenizer = load_model_and_tokenizer(
         config.model.name_or_path,
         dtype=config.train.dtype,
@@ -95,25 +109,33 @@ def unlearn(config: Config) -> Path:
     retain = tokenize(retain_texts, tokenizer, data.max_length)
 
     baseline = evaluate_baseline(config, model.to(device), tokenizer)
+    saved = checkpoint.load(output_dir) if folder_state == resume.RESUME else None
+    distributed.barrier()  # every process has read the folder before the main process changes it
 
     if distributed.is_main():
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
-        (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        resume.rewind(output_dir, saved)
         run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device))
 
     torch.manual_seed(config.train.seed)  # adapter initialisation
     weights = WEIGHTS[config.unlearn.adapter](model.to(device), config.unlearn.lora)
     if config.train.gradient_checkpointing:
         weights.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    parallelism = parallel.wrap(weights, config.unlearn.adapter)  # under torchrun: DDP (LoRA) or FSDP2 (full)
+    start = checkpoint.restore(saved, weights, plan.layers)
 
     # ---- train
     total_steps = plan.steps_per_phase * len(plan.layers)
-    bar = tqdm(total=total_steps, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=start.step, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
     try:
-        for phase, layer in enumerate(plan.layers):
+        for phase in range(start.phase, len(plan.layers)):
+            layer = plan.layers[phase]
             after_phase = (lambda: evaluate_model(weights.model, tokenizer, config.eval)) if config.eval.every_phase else None
-            run_phase(weights, phase, layer, plan, config, forget, retain, tokenizer.pad_token_id, device, output_dir, bar, after_phase)
+            resumed = saved if phase == start.phase and start.step_in_phase else None
+            run_phase(weights, parallelism, phase, layer, plan, config, forget, retain, tokenizer.pad_token_id, device,
+                      output_dir, bar, after_phase, resumed)
+            checkpoint.save(output_dir, weights, checkpoint.Position(phase + 1, 0, bar.n))
     except RunFailed as error:
         if distributed.is_main():
             record = run_folder.run_record("failed", started, device, error=str(error))
@@ -123,8 +145,9 @@ def unlearn(config: Config) -> Path:
         bar.close()
 
     # ---- finish
+    parallelism.release()
+    model = save_results(weights, parallelism, tokenizer, output_dir, config.unlearn.adapter, device)
     if distributed.is_main():
-        model = save_results(weights, tokenizer, output_dir, config.unlearn.adapter)
         if config.eval.tasks:
             from peel.evaluation import evaluate, write_evaluation
 
@@ -132,15 +155,18 @@ def unlearn(config: Config) -> Path:
             write_evaluation(output_dir, str(output_dir / "model"), results, baseline)
         record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers)
         run_folder.write_json(output_dir / "run.json", record)
+        checkpoint.remove(output_dir)  # model/ holds the result now
     distributed.barrier()
     return output_dir
 
 
-def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id, device, output_dir, bar, after_phase=None) -> None:
+def run_phase(weights, parallelism, phase, layer, plan, config, forget, retain, pad_token_id, device, output_dir, bar,
+              after_phase=None, resumed=None) -> None:
     """All optimizer steps that target `layer`, with a fresh optimizer and schedule.
 
     `after_phase`, when given, evaluates the model after the phase's last step; its accuracies
-    go into that step's metrics record under "eval".
+    go into that step's metrics record under "eval". `resumed`, a checkpoint taken within this
+    phase, gives the optimizer and scheduler state and the step to continue from.
     """
     from transformers import get_scheduler
 
@@ -154,11 +180,15 @@ def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id,
         num_warmup_steps=math.ceil(train.warmup_ratio * plan.steps_per_phase),
         num_training_steps=plan.steps_per_phase,
     )
+    first_step = 0
+    if resumed is not None:
+        checkpoint.restore_optimizer(resumed, optimizer, scheduler)
+        first_step = resumed["position"]["step_in_phase"]
     retain_layers = retain_layer_set(unlearn.retain_layers, layer, plan.num_layers)
     order = example_order(config.data.num_examples, train.epochs_per_layer, train.seed, phase)
     vocab = weights.anatomy.unembedding.weight.shape[0]
 
-    for step_in_phase in range(plan.steps_per_phase):
+    for step_in_phase in range(first_step, plan.steps_per_phase):
         p = progress(step_in_phase, plan.steps_per_phase)
         forget_coef = forget_coefficient(unlearn.remove_coef, p)
         retain_coef = retain_coefficient(unlearn.retain_coef, unlearn.retain_ramp, p)
@@ -169,7 +199,7 @@ def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id,
         retain_batches = [make_batch(retain, chunk, pad_token_id, device) for chunk in micro]
 
         statistics = compute_gradients(
-            weights, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
+            weights, parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
             forget_coef, retain_coef, plan.examples_per_process,
         )
         if not (math.isfinite(statistics["forget_loss"]) and math.isfinite(statistics["retain_loss"])):
@@ -192,7 +222,7 @@ def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id,
             "forget_coef": forget_coef,
             "retain_coef": retain_coef,
             **statistics,
-            "grad_norm": float(grad_norm),
+            "grad_norm": float(full_tensor(grad_norm)),
             "lr": lr,
         }
         if after_phase is not None and step_in_phase == plan.steps_per_phase - 1:
@@ -202,28 +232,36 @@ def run_phase(weights, phase, layer, plan, config, forget, retain, pad_token_id,
         bar.update(1)
         bar.set_description(f"phase {phase + 1}/{len(plan.layers)} (layer {layer})")
         bar.set_postfix(forget=f"{record['forget_loss']:.3f}", retain=f"{record['retain_loss']:.3f}")
+        every = train.checkpoint_every
+        if every and record["step"] % every == 0 and step_in_phase + 1 < plan.steps_per_phase:  # phase ends save anyway
+            position = checkpoint.Position(phase, step_in_phase + 1, record["step"])
+            checkpoint.save(output_dir, weights, position, optimizer, scheduler)
 
 
 def compute_gradients(
-    weights, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
+    weights, parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
     forget_coef: float, retain_coef: float, examples_per_process: int,
 ) -> dict[str, float]:
     """Leave one optimizer step's combined gradient in each parameter's `.grad`.
 
     Forget and retain gradients are accumulated separately over the micro-batches, averaged
-    across processes, then combined by the gradient filter; L2-SP is added after the filter
-    (it is a pull toward the original weights, not a data gradient to be compared).
+    across processes (by DDP or FSDP2, in each objective's last backward), then combined by the
+    gradient filter; L2-SP is added after the filter (it is a pull toward the original weights,
+    not a data gradient to be compared).
     Returns the step's mean losses and the gradient norms.
     """
     scale = 1.0 / examples_per_process  # per-example losses summed: the same step however the batch is split
-    forget_losses = torch.cat(
-        [forget_backward(weights, batch, layer, unlearn.forget_loss, forget_coef * scale) for batch in forget_batches]
+    forget_losses = backward_each(
+        parallelism, forget_batches, forget_coef,
+        lambda batch: forget_backward(weights, batch, layer, unlearn.forget_loss, forget_coef * scale),
     )
     forget_gradients = take_gradients(parameters)
     retain_objective = RETAIN_OBJECTIVES[unlearn.retain_loss]
-    retain_losses = torch.cat([retain_objective(weights, batch, retain_layers, retain_coef * scale) for batch in retain_batches])
+    retain_losses = backward_each(
+        parallelism, retain_batches, retain_coef,
+        lambda batch: retain_objective(weights, batch, retain_layers, retain_coef * scale),
+    )
     retain_gradients = take_gradients(parameters)
-    distributed.all_reduce_mean(forget_gradients + retain_gradients)
 
     combine = GRADIENT_FILTERS[unlearn.grad_filter]
     for parameter, forget_gradient, retain_gradient in zip(parameters, forget_gradients, retain_gradients):
@@ -232,7 +270,7 @@ def compute_gradients(
     if unlearn.l2sp_coef:
         penalty = weights.l2sp_penalty(layer)
         (unlearn.l2sp_coef * penalty).backward()
-        l2sp = float(penalty.detach())
+        l2sp = float(full_tensor(penalty.detach()))
 
     means = torch.stack([forget_losses.mean(), retain_losses.mean()]).float()
     distributed.all_reduce_mean([means])
@@ -244,6 +282,20 @@ def compute_gradients(
         "forget_grad_norm": norm(forget_gradients),
         "retain_grad_norm": norm(retain_gradients),
     }
+
+
+def backward_each(parallelism, batches, coefficient: float, objective) -> torch.Tensor:
+    """`objective` (forward and backward) on each micro-batch; the per-example losses of all.
+
+    Gradients stay on each process until the last micro-batch, whose backward reduces them.
+    With a zero coefficient no backward runs at all, so nothing is reduced: every process's
+    gradient is zero anyway.
+    """
+    losses = []
+    for index, batch in enumerate(batches):
+        with parallelism.accumulate(sync=index == len(batches) - 1 and coefficient != 0):
+            losses.append(objective(batch))
+    return torch.cat(losses)
 
 
 def example_order(num_examples: int, epochs: int, seed: int, phase: int) -> list[int]:
@@ -283,7 +335,9 @@ def take_gradients(parameters) -> list[torch.Tensor]:
 
 
 def norm(tensors: list[torch.Tensor]) -> float:
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
+    """The norm of all tensors together, computed in float32 (shards are gathered into whole norms)."""
+    norms = [full_tensor(torch.linalg.vector_norm(tensor, dtype=torch.float32)) for tensor in tensors]
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
 def evaluate_model(model, tokenizer, settings) -> dict[str, float]:
@@ -310,16 +364,25 @@ def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:
     )
 
 
-def save_results(weights, tokenizer, output_dir: Path, adapter: str):
+def save_results(weights, parallelism, tokenizer, output_dir: Path, adapter: str, device):
     """adapter/ (LoRA) and model/ (merged), each written to a temporary folder and moved into place.
 
-    Returns the merged model."""
+    Every process calls it (under FSDP2 the whole state dict is gathered from the shards); the main
+    process writes and gets the merged model back (None elsewhere)."""
+    state_dict = parallelism.full_state_dict()
+    if not distributed.is_main():
+        return None
     if adapter == "lora":
         partial = output_dir / "adapter.partial"
         weights.save_adapter(partial)
         run_folder.replace_folder(partial, output_dir / "adapter")
     partial = output_dir / "model.partial"
     model = weights.merged_model()
-    save_model(model, tokenizer, partial)
+    save_model(model, tokenizer, partial, state_dict)
     run_folder.replace_folder(partial, output_dir / "model")
+    if state_dict is not None:
+        # The trained model is spread over all processes; the main process evaluates a whole copy.
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(output_dir / "model", dtype="auto").to(device)
     return model

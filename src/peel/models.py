@@ -150,11 +150,13 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def save_model(model: nn.Module, tokenizer, folder: str | Path) -> None:
-    """save_pretrained in safetensors, with the tokenizer beside it."""
+def save_model(model: nn.Module, tokenizer, folder: str | Path, state_dict: dict | None = None) -> None:
+    """save_pretrained in safetensors, with the tokenizer beside it.
+
+    `state_dict` replaces the model's own, e.g. whole tensors gathered from a sharded model."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    causal_lm(model).save_pretrained(folder, safe_serialization=True)
+    causal_lm(model).save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
 

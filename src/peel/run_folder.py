@@ -73,7 +73,7 @@ def run_record(status: str, started: float, device: torch.device, **extra) -> di
         "wall_seconds": round(time.time() - started, 3),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "device": str(device),
-        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"),
         "git_revision": git_revision(),
         "versions": versions(),
         **extra,

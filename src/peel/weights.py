@@ -4,8 +4,9 @@ Two ways to train, one interface:
 - LoRA: the original model *is* the base weights with the adapters off. Switching adapters off
   in the layers after L turns one forward pass into the probe (current up to L, original after).
 - Full fine-tuning: only the target layer trains in its phase, so only earlier targets differ
-  from the original. Each target layer is copied when its phase starts; the copies are swapped
-  in wherever the original is needed. Extra memory is (targets / layers) of the model.
+  from the original. Each target layer's values are copied when its phase starts and exchanged
+  with the current values wherever the original is needed. Extra memory is (targets / layers)
+  of the model (divided again by the number of processes under FSDP2, where the copies are shards).
 
 `original_from(first_layer)` makes layers >= first_layer original for the duration of a `with`:
 `original_from(L + 1)` is the probe, `original_from(0)` the whole original model.
@@ -14,7 +15,6 @@ Two ways to train, one interface:
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Iterator
 
 import torch
@@ -51,6 +51,10 @@ class LoraWeights:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [parameter for parameter in self.model.parameters() if parameter.requires_grad]
 
+    def changed_parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter that can differ from the loaded model: the adapters (what a checkpoint keeps)."""
+        return {name: parameter for name, parameter in self.model.named_parameters() if parameter.requires_grad}
+
     @contextlib.contextmanager
     def original_from(self, first_layer: int) -> Iterator[None]:
         switched = [module for layer in self.adapters_by_layer[first_layer:] for module in layer]
@@ -81,40 +85,60 @@ class LoraWeights:
 
 
 class FullWeights:
-    """Only the target layer trains in its phase; each target's original weights are kept."""
+    """Only the target layer trains in its phase; each target's original values are kept.
+
+    Originals are kept as values, not as modules: `original_from` exchanges them with the current
+    values in place. The layer modules never change, so under FSDP2 (where each process holds a
+    shard of every parameter) the copies are shards too and FSDP2's own gathering serves the
+    original layer; a deep-copied module would be a second, unsharded model part outside its tree.
+    """
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.anatomy = find_anatomy(model)
-        self.originals: dict[int, nn.Module] = {}
+        self.originals: dict[int, list[torch.Tensor]] = {}  # layer -> its parameters' original values
         self.current_layer: int | None = None
         model.requires_grad_(False)
 
     def begin_phase(self, layer: int) -> None:
+        """Freeze everything but `layer`; the first time, copy its values (still the original's:
+        a layer trains only in its own phase)."""
         self.model.requires_grad_(False)
         module = self.anatomy.layers[layer]
         if layer not in self.originals:
-            self.originals[layer] = copy.deepcopy(module).requires_grad_(False)
+            self.originals[layer] = [parameter.detach().clone() for parameter in module.parameters()]
         module.requires_grad_(True)
         self.current_layer = layer
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.anatomy.layers[self.current_layer].parameters())
 
+    def changed_parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter that can differ from the loaded model: those of layers whose phase began."""
+        begun = {id(parameter) for layer in self.originals for parameter in self.anatomy.layers[layer].parameters()}
+        return {name: parameter for name, parameter in self.model.named_parameters() if id(parameter) in begun}
+
     @contextlib.contextmanager
     def original_from(self, first_layer: int) -> Iterator[None]:
-        layers = self.anatomy.layers
-        trained = {index: layers[index] for index in self.originals if index >= first_layer}
-        for index in trained:
-            layers[index] = self.originals[index]
+        trained = [layer for layer in self.originals if layer >= first_layer]
+        for layer in trained:
+            self._exchange(layer)
         try:
             yield
         finally:
-            for index, module in trained.items():
-                layers[index] = module
+            for layer in trained:
+                self._exchange(layer)
+
+    def _exchange(self, layer: int) -> None:
+        """Swap the current and the stored values of `layer`'s parameters (an exchange is its own inverse)."""
+        with torch.no_grad():
+            for parameter, stored in zip(self.anatomy.layers[layer].parameters(), self.originals[layer]):
+                held = parameter.detach().clone()
+                parameter.copy_(stored)
+                stored.copy_(held)
 
     def l2sp_penalty(self, layer: int) -> torch.Tensor:
-        pairs = zip(self.anatomy.layers[layer].parameters(), self.originals[layer].parameters())
+        pairs = zip(self.anatomy.layers[layer].parameters(), self.originals[layer])
         return torch.stack([(current.float() - original.float()).pow(2).sum() for current, original in pairs]).sum()
 
     def merged_model(self) -> nn.Module:

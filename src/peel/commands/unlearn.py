@@ -9,7 +9,9 @@ from peel.config import help_lines
 HELP = "Run sequential back-to-front unlearning from a YAML config."
 DESCRIPTION = (
     "Run every phase of a config and leave a run folder at output_dir:\n"
-    "config.yaml, metrics.jsonl, run.json, model/ (and adapter/ for LoRA).\n\n"
+    "config.yaml, metrics.jsonl, run.json, model/ (and adapter/ for LoRA).\n"
+    "Running it again on the same output_dir resumes from the last checkpoint.\n"
+    "Under torchrun (torchrun --nproc_per_node=N -m peel unlearn ...) LoRA runs use DDP, full fine-tuning FSDP2.\n\n"
     "  peel unlearn configs/testbed_lora.yaml unlearn.remove_coef=30 train.lr=5e-4\n\n"
     "Config keys (dotted.key = default), any of which can be overridden as key=value:\n"
 )
@@ -19,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION + "\n".join(help_lines())
     parser.add_argument("config", help="YAML config file (see configs/).")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted config overrides.")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="Start over in an output_dir that holds a run (without it, the same config resumes "
+        "and a different one is an error).",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from peel.engine import unlearn
 
     config = load_config(args.config, args.overrides)
-    output_dir = unlearn(config)
+    output_dir = unlearn(config, force=args.force)
     print(f"run folder: {output_dir}")
     return 0

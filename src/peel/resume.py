@@ -1,0 +1,63 @@
+"""What running a command again on an existing run folder does.
+
+- A completed run is not run again.
+- A folder whose config.yaml differs from the config given is refused (one line naming the
+  differences), unless `force`: then the run starts over in that folder.
+- Otherwise the run continues from the folder's checkpoint, or starts over when there is none;
+  metrics.jsonl is cut back to the checkpoint so every step appears in it exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from peel import checkpoint
+from peel.config import Config, load_config, to_dict
+from peel.errors import PeelError
+
+# What `folder_state` finds.
+NEW, RESUME, COMPLETED = "new", "resume", "completed"
+
+
+def folder_state(output_dir: Path, config: Config, force: bool) -> str:
+    config_file = output_dir / "config.yaml"
+    if force or not config_file.exists():
+        return NEW
+    differences = config_differences(load_config(config_file), config)
+    if differences:
+        shown = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
+        raise PeelError(
+            f"{output_dir} holds a run with a different config ({shown}); "
+            "rerun with its config to resume it, pass --force to start it over, or choose another output_dir"
+        )
+    run_file = output_dir / "run.json"
+    status = json.loads(run_file.read_text()).get("status") if run_file.exists() else None
+    return COMPLETED if status == "completed" else RESUME
+
+
+def config_differences(saved: Config, given: Config) -> list[str]:
+    """`key: saved -> given` for every leaf key whose value differs."""
+    before, after = flatten(to_dict(saved)), flatten(to_dict(given))
+    return [f"{key}: {before.get(key)!r} in the folder, {after.get(key)!r} now" for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def rewind(output_dir: Path, saved: dict | None) -> None:
+    """Drop what the folder holds past `saved` (everything when there is no checkpoint to continue from)."""
+    if saved is None:
+        checkpoint.remove(output_dir)
+    metrics = output_dir / "metrics.jsonl"
+    if metrics.exists():
+        keep = saved["metrics_bytes"] if saved else 0
+        os.truncate(metrics, min(keep, metrics.stat().st_size))
