@@ -1,0 +1,316 @@
+"""Sweeps: a grid of config values, one run folder per point, run here or as Slurm jobs.
+
+    peel sweep CONFIG --grid unlearn.remove_coef=10,20,30 --grid unlearn.retain_coef=5,50
+
+makes six run folders under the config's output_dir, named after the swept values
+(`remove_coef=10,retain_coef=5`, ...). Each gets its resolved config.yaml at once, so what a job
+runs is fixed when it is submitted. Then either every run goes one after another in this process
+(`--local`), or each becomes a Slurm job through submitit that launches torchrun across the job's
+nodes and GPUs. A rerun of the sweep skips completed runs and runs already submitted; a failed
+run is submitted again and resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from peel import distributed, resume, run_folder
+from peel.config import Config, load_config, save_config
+from peel.errors import PeelError, RunFailed
+
+STATES = ("pending", "running", "completed", "failed")
+
+
+@dataclass
+class Run:
+    name: str
+    overrides: list[str]  # the swept values, as dotted key=value
+    config: Config
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.output_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# The grid
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """`key=v1,v2` -> (key, [v1, v2]); commas inside brackets stay (`unlearn.layers=[3,1],[2]`)."""
+    grid = []
+    for item in items:
+        key, separator, text = item.partition("=")
+        values = split_values(text)
+        if not separator or not key or not all(values):
+            raise PeelError(f"--grid {item!r} is not of the form dotted.key=value1,value2,...")
+        if key in (existing for existing, _ in grid):
+            raise PeelError(f"--grid names {key!r} twice; give all its values in one --grid")
+        grid.append((key, values))
+    return grid
+
+
+def split_values(text: str) -> list[str]:
+    values, depth, current = [], 0, ""
+    for character in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += character
+    values.append(current.strip())
+    return values
+
+
+def run_name(point: list[tuple[str, str]]) -> str:
+    """`remove_coef=10,retain_coef=5`: the last part of each key (the whole key where two would clash)."""
+    leaves = [key.rsplit(".", 1)[-1] for key, _ in point]
+    parts = []
+    for (key, value), leaf in zip(point, leaves):
+        label = leaf if leaves.count(leaf) == 1 else key
+        parts.append(f"{label}={re.sub(r'[^A-Za-z0-9._+-]', '', value.replace(',', '-')) or 'empty'}")
+    return ",".join(parts)
+
+
+def plan(config_file: str, overrides: list[str], grid_items: list[str]) -> list[Run]:
+    """Every point of the grid as a checked config whose output_dir is its own run folder."""
+    grid = parse_grid(grid_items)
+    if not grid:
+        raise PeelError("give at least one --grid dotted.key=value1,value2,...")
+    base = load_config(config_file, overrides)
+    sweep_dir = Path(base.output_dir).resolve()
+    runs = []
+    for values in itertools.product(*(values for _, values in grid)):
+        point = [(key, value) for (key, _), value in zip(grid, values)]
+        name = run_name(point)
+        swept = [f"{key}={value}" for key, value in point]
+        config = load_config(config_file, [*overrides, *swept, f"output_dir={sweep_dir / name}"])
+        runs.append(Run(name, swept, config))
+    names = [run.name for run in runs]
+    if len(set(names)) != len(names):
+        raise PeelError(f"two grid points give the same run folder name ({names}); use values that differ after cleaning")
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep folder
+
+
+def to_do(runs: list[Run]) -> list[Run]:
+    """The runs to start: not completed, and not already submitted as a job that is pending or running.
+
+    Reads only. A folder that holds a different config is refused before anything is written.
+    """
+    remaining = []
+    for run in runs:
+        folder_state = resume.folder_state(run.folder, run.config, force=False)  # raises on a different config
+        state, job_id = run_state(run.folder), read_run_record(run.folder).get("job_id")
+        if folder_state == resume.COMPLETED:
+            print(f"{run.name}: completed")
+        elif state in ("pending", "running") and job_id:
+            print(f"{run.name}: {state} as job {job_id}, not started again")
+        else:
+            remaining.append(run)
+    return remaining
+
+
+def write(runs: list[Run]) -> None:
+    """sweep.json (the runs and their swept values) and each run's config.yaml."""
+    sweep_dir = runs[0].folder.parent
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    run_folder.write_json(sweep_dir / "sweep.json", {"runs": [{"name": run.name, "overrides": run.overrides} for run in runs]})
+    for run in runs:
+        run.folder.mkdir(exist_ok=True)
+        if not (run.folder / "config.yaml").exists():
+            save_config(run.config, run.folder / "config.yaml")
+
+
+def read_run_record(folder: Path) -> dict:
+    path = folder / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_state(folder: Path) -> str:
+    """pending (not started), running, completed or failed: what the run folder says, unless
+    Slurm says its job is over (the run's jobs are in the sweep folder's jobs/)."""
+    record = read_run_record(folder)
+    state = record.get("status") if record.get("status") in STATES else "pending"
+    if state in ("pending", "running") and record.get("job_id") and slurm_job_ended_badly(folder.parent / "jobs", record["job_id"]):
+        return "failed"
+    return state
+
+
+def status(sweep_dir: Path) -> list[dict]:
+    """One row per run of the sweep in `sweep_dir`: name, state, job id, steps written."""
+    index = sweep_dir / "sweep.json"
+    if not index.exists():
+        raise PeelError(f"{sweep_dir} is not a sweep folder (no sweep.json); accepted: the output_dir of a peel sweep")
+    rows = []
+    for entry in json.loads(index.read_text())["runs"]:
+        folder = sweep_dir / entry["name"]
+        metrics = folder / "metrics.jsonl"
+        rows.append({
+            "run": entry["name"],
+            "state": run_state(folder),
+            "job": read_run_record(folder).get("job_id") or "-",
+            "steps": metrics.read_text().count("\n") if metrics.exists() else 0,
+        })
+    return rows
+
+
+# Slurm job states (as sacct prints them) of a job that is over without having finished its run.
+ENDED_BADLY = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+
+
+def slurm_job_ended_badly(jobs_dir: Path, job_id: str) -> bool:
+    """Where Slurm can be asked (sacct), whether the job is over while its run folder still says
+    pending or running: a job killed outright (node failure, out of memory, scancel) marks nothing."""
+    if shutil.which("sacct") is None:
+        return False
+    import submitit
+
+    return submitit.SlurmJob(folder=jobs_dir, job_id=job_id).state.startswith(ENDED_BADLY)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def run_locally(runs: list[Run]) -> int:
+    """Each run in this process, one after another; the number that failed."""
+    from peel.engine import unlearn
+
+    failed = 0
+    for run in runs:
+        print(f"{run.name}: running")
+        try:
+            unlearn(run.config)
+        except (PeelError, RunFailed) as error:
+            failed += 1
+            if distributed.is_main():
+                mark_failed(run.folder, str(error))
+            print(f"{run.name}: failed: {error}", file=sys.stderr)
+    return failed
+
+
+def mark_failed(folder: Path, error: str) -> None:
+    record = read_run_record(folder)
+    if record.get("status") != "completed":
+        run_folder.write_json(folder / "run.json", {**record, "status": "failed", "error": error})
+
+
+# --slurm key -> (submitit parameter, how to read the value). `cluster` picks submitit's executor.
+SLURM_OPTIONS = {
+    "nodes": ("nodes", int),
+    "gpus_per_node": ("gpus_per_node", int),
+    "partition": ("slurm_partition", str),
+    "time": ("timeout_min", lambda text: minutes(text)),
+    "account": ("slurm_account", str),
+    "qos": ("slurm_qos", str),
+    "constraint": ("slurm_constraint", str),
+    "cpus_per_task": ("cpus_per_task", int),
+    "mem_gb": ("mem_gb", float),
+    "cluster": ("cluster", str),
+}
+DEFAULT_SLURM = {"nodes": 1, "gpus_per_node": 1, "timeout_min": 240}
+CLUSTERS = ("slurm", "local", "debug")
+
+
+def minutes(text: str) -> int:
+    """Slurm time: minutes, or [days-]hours:minutes:seconds."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d+):(\d+)", text)
+    if match:
+        days, hours, mins, seconds = (int(part or 0) for part in match.groups())
+        return days * 1440 + hours * 60 + mins + (1 if seconds else 0)
+    if text.isdigit():
+        return int(text)
+    raise ValueError(text)
+
+
+def slurm_parameters(items: list[str]) -> dict:
+    parameters = dict(DEFAULT_SLURM)
+    for item in items:
+        key, separator, text = item.partition("=")
+        if key not in SLURM_OPTIONS or not separator:
+            raise PeelError(f"--slurm {item!r}: accepted keys are {', '.join(SLURM_OPTIONS)} (as key=value)")
+        name, read = SLURM_OPTIONS[key]
+        try:
+            parameters[name] = read(text)
+        except ValueError:
+            raise PeelError(f"--slurm {item!r}: {text!r} is not a valid {key}") from None
+    if parameters.get("cluster", "slurm") not in CLUSTERS:
+        raise PeelError(f"--slurm cluster={parameters['cluster']}: accepted {', '.join(CLUSTERS)}")
+    return parameters
+
+
+def make_executor(jobs_dir: Path, parameters: dict):
+    import submitit
+
+    parameters = dict(parameters)
+    cluster = parameters.pop("cluster", "slurm")
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise PeelError("Slurm is not available here (no sbatch on PATH); use --local to run the sweep in this process")
+    executor = submitit.AutoExecutor(folder=jobs_dir, cluster=cluster)
+    executor.update_parameters(tasks_per_node=1, **parameters)  # one torchrun per node starts the GPU processes
+    return executor
+
+
+def submit(runs: list[Run], executor, nproc_per_node: int) -> list:
+    """Submit one job per run; each job id goes into its run.json (status pending)."""
+    jobs = []
+    for run in runs:
+        executor.update_parameters(name=f"peel-{run.name}")
+        job = executor.submit(TorchrunJob(str(run.folder / "config.yaml"), nproc_per_node, str(Path.cwd())))
+        run_folder.write_json(run.folder / "run.json", {"status": "pending", "job_id": str(job.job_id)})
+        print(f"{run.name}: submitted as job {job.job_id}")
+        jobs.append(job)
+    return jobs
+
+
+@dataclass
+class TorchrunJob:
+    """One run as a job: torchrun across the job's nodes and GPUs, running `peel unlearn` on the run's config.
+
+    Preempted or out of time, submitit calls `checkpoint`, which requeues the same job; the run
+    continues from its last checkpoint. A job that ends badly marks its run failed.
+    """
+
+    config_file: str
+    nproc_per_node: int
+    working_dir: str
+
+    def __call__(self) -> None:
+        import submitit
+
+        environment = submitit.JobEnvironment()
+        main_host = environment.hostnames[0] if environment.num_nodes > 1 else "localhost"
+        command = torchrun_command(self.config_file, self.nproc_per_node, environment.num_nodes, main_host, str(environment.job_id))
+        result = subprocess.run(command, cwd=self.working_dir)
+        if result.returncode != 0:
+            if environment.global_rank == 0:
+                error = f"peel unlearn exited with status {result.returncode}; its output: {environment.paths.stderr}"
+                mark_failed(Path(self.config_file).parent, error)
+            raise RuntimeError(f"peel unlearn exited with status {result.returncode}")
+
+    def checkpoint(self, *args, **kwargs):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
+def torchrun_command(config_file: str, nproc_per_node: int, num_nodes: int, main_host: str, job_id: str) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}"]
+    if num_nodes == 1:
+        launcher.append("--standalone")
+    else:
+        port = 29400 + int(re.sub(r"\D", "", job_id) or 0) % 1000  # jobs sharing a node get different ports
+        launcher += [f"--nnodes={num_nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={main_host}:{port}", f"--rdzv_id={job_id}"]
+    return [*launcher, "-m", "peel", "unlearn", config_file]
