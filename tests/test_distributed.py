@@ -42,6 +42,13 @@ def torchrun(processes: int, arguments: list[str], timeout: int = 240) -> subpro
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=worker_environment())
 
 
+@pytest.fixture
+def on_cpu(monkeypatch):
+    """These are comparisons of CPU runs: hide any GPU from this process and the workers it starts."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 def run_both_ways(model: Path, corpora: dict, tmp_path: Path, *extra: str):
     common = [f"model.name_or_path={model}", f"data.forget.path={corpora['forget']}",
               f"data.retain.path={corpora['retain']}", *SETTINGS, *extra]
@@ -72,14 +79,14 @@ def assert_same_run(one, two):
         torch.testing.assert_close(weights_one[name], weights_two[name], rtol=1e-4, atol=1e-5)
 
 
-def test_lora_with_ddp_matches_one_process(tiny_models, corpora, tmp_path):
+def test_lora_with_ddp_matches_one_process(tiny_models, corpora, tmp_path, on_cpu):
     one, two = run_both_ways(tiny_models["gpt_neox"], corpora, tmp_path, "unlearn.adapter=lora")
     assert_same_run(one, two)
     assert (tmp_path / "two" / "adapter").is_dir()
     assert json.loads((tmp_path / "two" / "run.json").read_text())["status"] == "completed"
 
 
-def test_full_fine_tuning_with_fsdp2_matches_one_process(tiny_models, corpora, tmp_path):
+def test_full_fine_tuning_with_fsdp2_matches_one_process(tiny_models, corpora, tmp_path, on_cpu):
     one, two = run_both_ways(tiny_models["llama"], corpora, tmp_path, "unlearn.adapter=full", "unlearn.l2sp_coef=0.1")
     assert_same_run(one, two)
     # Per-layer freezing held under sharding: only the two target layers moved.

@@ -32,6 +32,13 @@ SETTINGS = [
 ]
 
 
+@pytest.fixture
+def on_cpu(monkeypatch):
+    """These are comparisons of CPU runs: hide any GPU from this process and the workers it starts."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 def settings(model: Path, corpora: dict, output_dir: Path, *extra: str) -> list[str]:
     return [f"model.name_or_path={model}", f"data.forget.path={corpora['forget']}",
             f"data.retain.path={corpora['retain']}", *SETTINGS, f"output_dir={output_dir}", *extra]
@@ -66,7 +73,7 @@ def kill_after_progress(process: subprocess.Popen, folder: Path, rng: random.Ran
     return True
 
 
-def test_sigkilled_full_fine_tuning_run_resumes_to_the_uninterrupted_result(tiny_models, corpora, tmp_path):
+def test_sigkilled_full_fine_tuning_run_resumes_to_the_uninterrupted_result(tiny_models, corpora, tmp_path, on_cpu):
     config_file = tmp_path / "config.yaml"
     config_file.write_text("notes: resume\n")
     model = tiny_models["llama"]

@@ -118,7 +118,8 @@ def restore_optimizer(saved: dict, optimizer, scheduler) -> None:
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     state["state"] = {
         index: {
-            key: shard_like(value, parameters[index]) if torch.is_tensor(value) and value.shape == parameters[index].shape else value
+            # AdamW's moments have the parameter's layout and are cut like it; its step count stays whole.
+            key: value if key == "step" else shard_like(value, parameters[index])
             for key, value in values.items()
         }
         for index, values in state["state"].items()

@@ -27,6 +27,7 @@ With one process there is nothing to wrap (`Local`), and the engine's code path 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Iterator
 
 import torch
@@ -95,11 +96,15 @@ class Replicated:
 
         self.weights = weights
         self.decoder = weights.anatomy.decoder
+        # Buffers never change in training, so they are not re-sent each forward (torch >= 2.13 names
+        # that option forward_sync_buffers; earlier versions broadcast_buffers).
+        options = inspect.signature(DistributedDataParallel).parameters
+        buffers = "forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers"
         self.ddp = DistributedDataParallel(
             _DecoderForward(self.decoder),
             find_unused_parameters=True,  # adapters off after the probe's layer; layers skipped by early exit
-            broadcast_buffers=False,  # no buffer changes in training
             init_sync=False,  # every process loads the same weights and seeds adapters alike: nothing to broadcast
+            **{buffers: False},
         )
         # An instance attribute shadows the class's forward; a bound method, so it is not registered as a submodule.
         self.decoder.forward = self.ddp.__call__

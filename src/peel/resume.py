@@ -40,7 +40,8 @@ def folder_state(output_dir: Path, config: Config, force: bool) -> str:
 def config_differences(saved: Config, given: Config) -> list[str]:
     """`key: saved -> given` for every leaf key whose value differs."""
     before, after = flatten(to_dict(saved)), flatten(to_dict(given))
-    return [f"{key}: {before.get(key)!r} in the folder, {after.get(key)!r} now" for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+    keys = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+    return [f"{key}: {before.get(key)!r} in the folder, {after.get(key)!r} now" for key in keys]
 
 
 def flatten(values: dict, prefix: str = "") -> dict:

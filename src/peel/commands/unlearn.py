@@ -30,10 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from peel import distributed
     from peel.config import load_config
     from peel.engine import unlearn
 
     config = load_config(args.config, args.overrides)
     output_dir = unlearn(config, force=args.force)
-    print(f"run folder: {output_dir}")
+    if distributed.is_main():
+        print(f"run folder: {output_dir}")
     return 0
