@@ -3,7 +3,9 @@
 2 processes x per-device batch 4 must give the same per-step losses and final weights as
 1 process x batch 8: DDP for LoRA, FSDP2 for full fine-tuning. Both sides accumulate two
 micro-batches per step, so the gradient sync of DDP / FSDP2 is off and on within a step, and
-the early-exit retain pass (retain_layers: target) leaves later layers unused.
+the early-exit retain pass (retain_layers: target) leaves later layers unused. The full
+fine-tuning run also evaluates after each phase and at the end, which under FSDP2 every process
+must take part in.
 """
 
 import json
@@ -38,7 +40,7 @@ def worker_environment() -> dict:
 
 def torchrun(processes: int, arguments: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "peel", "unlearn", *arguments]
+               str(Path(__file__).parent / "peel_with_test_tasks.py"), "unlearn", *arguments]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=worker_environment())
 
 
@@ -86,9 +88,20 @@ def test_lora_with_ddp_matches_one_process(tiny_models, corpora, tmp_path, on_cp
     assert json.loads((tmp_path / "two" / "run.json").read_text())["status"] == "completed"
 
 
-def test_full_fine_tuning_with_fsdp2_matches_one_process(tiny_models, corpora, tmp_path, on_cpu):
-    one, two = run_both_ways(tiny_models["llama"], corpora, tmp_path, "unlearn.adapter=full", "unlearn.l2sp_coef=0.1")
+def test_full_fine_tuning_with_fsdp2_matches_one_process(tiny_models, corpora, tmp_path, on_cpu, monkeypatch):
+    from peel import testbed
+
+    fixtures = Path(__file__).parent / "fixtures" / "evaluation"
+    monkeypatch.setitem(testbed.MC_FILES, "testbed_forget", str(fixtures / "forget_mc.jsonl"))
+    monkeypatch.setitem(testbed.MC_FILES, "testbed_retain", str(fixtures / "retain_mc.jsonl"))
+    evaluation = ["eval.tasks=[testbed_forget, testbed_retain]", "eval.every_phase=true", "eval.batch_size=4"]
+    one, two = run_both_ways(tiny_models["llama"], corpora, tmp_path, "unlearn.adapter=full", "unlearn.l2sp_coef=0.1", *evaluation)
     assert_same_run(one, two)
+    records_one, records_two = one[0], two[0]
+    assert [r.get("eval") for r in records_two] == [r.get("eval") for r in records_one]
+    assert records_two[1]["eval"].keys() == {"testbed_forget", "testbed_retain"}
+    accuracy = [json.loads((tmp_path / name / "eval.json").read_text())["accuracy"] for name in ("one", "two")]
+    assert accuracy[0] == accuracy[1]
     # Per-layer freezing held under sharding: only the two target layers moved.
     original = load_file(tiny_models["llama"] / "model.safetensors")
     _, weights = two

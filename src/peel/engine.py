@@ -340,11 +340,16 @@ def norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
-def evaluate_model(model, tokenizer, settings) -> dict[str, float]:
-    """Accuracy per task of the model as it is now (adapters active)."""
+def evaluate_model(model, tokenizer, settings) -> dict[str, float] | None:
+    """Accuracy per task of the model as it is now (adapters active).
+
+    Under torchrun every process runs it (FSDP2's forward passes need all of them); only the
+    main process gets the accuracies (None elsewhere), and only it writes them.
+    """
     from peel.evaluation import evaluate
 
-    return evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit)["accuracy"]
+    results = evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit)
+    return None if results is None else results["accuracy"]
 
 
 def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:

@@ -49,7 +49,7 @@ def manager_for(tasks: list[str]):
     return manager
 
 
-def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: int, limit: int | None = None) -> dict:
+def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: int, limit: int | None = None) -> dict | None:
     """Accuracy of `model` on each task and group, 0-shot.
 
     Returns {"tasks", "accuracy": {requested name: acc}, "details": {every task and group:
@@ -92,6 +92,8 @@ def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: in
         raise
     finally:
         network.train(was_training)
+    if output is None:  # under torchrun, lm-eval reports to the process with LOCAL_RANK 0 only
+        return None
     return summarize(output, tasks, limit)
 
 
