@@ -43,12 +43,12 @@ START = Position(0, 0, 0)
 
 
 def save(output_dir: Path, weights, position: Position, optimizer=None, scheduler=None) -> None:
-    parameters = {name: full_tensor(parameter.detach()).cpu() for name, parameter in weights.changed_parameters().items()}
+    parameters = {name: whole(parameter.detach()) for name, parameter in weights.changed_parameters().items()}
     optimizer_state = None
     if optimizer is not None:
         state = optimizer.state_dict()
         state["state"] = {
-            index: {key: full_tensor(value).cpu() if torch.is_tensor(value) else value for key, value in values.items()}
+            index: {key: whole(value) if torch.is_tensor(value) else value for key, value in values.items()}
             for index, values in state["state"].items()
         }
         optimizer_state = {"optimizer": state, "scheduler": scheduler.state_dict()}
@@ -69,6 +69,12 @@ def save(output_dir: Path, weights, position: Position, optimizer=None, schedule
         handle.flush()
         os.fsync(handle.fileno())  # on disk before it replaces the last good checkpoint
     os.replace(temporary, output_dir / FILE_NAME)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The whole tensor in CPU memory of the main process (gathering shards takes every process)."""
+    gathered = full_tensor(tensor)
+    return gathered.cpu() if distributed.is_main() else None
 
 
 def load(output_dir: Path) -> dict | None:
