@@ -55,7 +55,8 @@ def test_bad_grids_are_one_line_errors(tmp_path, grid, message):
 
 def test_slurm_settings():
     parameters = sweep.slurm_parameters(["partition=gpu", "gpus_per_node=4", "time=1-02:30:00", "account=lab", "nodes=2"])
-    assert parameters == {"nodes": 2, "gpus_per_node": 4, "timeout_min": 1590, "slurm_partition": "gpu", "slurm_account": "lab"}
+    assert parameters == {"nodes": 2, "gpus_per_node": 4, "timeout_min": 1590, "slurm_partition": "gpu",
+                          "slurm_account": "lab", "cpus_per_task": 16}
     assert sweep.slurm_parameters([])["timeout_min"] == 240
     with pytest.raises(PeelError, match="accepted keys are nodes, gpus_per_node"):
         sweep.slurm_parameters(["gpus=4"])

@@ -248,6 +248,8 @@ def slurm_parameters(items: list[str]) -> dict:
             raise PeelError(f"--slurm {item!r}: {text!r} is not a valid {key}") from None
     if parameters.get("cluster", "slurm") not in CLUSTERS:
         raise PeelError(f"--slurm cluster={parameters['cluster']}: accepted {', '.join(CLUSTERS)}")
+    # Slurm's default of one CPU would put every torchrun worker of the job on the same core.
+    parameters.setdefault("cpus_per_task", 4 * max(1, parameters["gpus_per_node"]))
     return parameters
 
 

@@ -13,15 +13,15 @@ its nodes and GPUs (preempted or timed-out jobs are requeued and resume from the
 Running the sweep again skips completed runs and runs already submitted.
 
 examples:
-  peel sweep configs/seed_lora.yaml --grid unlearn.remove_coef=10,20,30 --grid unlearn.retain_coef=5,50 \\
+  peel sweep configs/lora_l2_retain.yaml --grid unlearn.remove_coef=10,20,30,40,50 --grid unlearn.retain_coef=5,50 \\
       --slurm partition=gpu --slurm gpus_per_node=4 --slurm time=12:00:00 --slurm account=myproject
   peel sweep configs/testbed_lora.yaml --grid train.lr=1e-4,5e-4 --local
-  peel sweep --status runs/seed_lora
-  peel report runs/seed_lora/*=*
+  peel sweep --status runs/lora_l2_retain
+  peel report runs/lora_l2_retain/*=*
 
 --slurm keys: nodes, gpus_per_node (default 1), partition, time (minutes or [D-]HH:MM:SS,
-default 240), account, qos, constraint, cpus_per_task, mem_gb, cluster (slurm, or submitit's
-local / debug executors for trying a sweep without a cluster).
+default 240), account, qos, constraint, cpus_per_task (default 4 per GPU), mem_gb, cluster
+(slurm, or submitit's local / debug executors for trying a sweep without a cluster).
 """
 
 
