@@ -31,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue  # a command whose module is not written yet is simply not offered
+        module = importlib.import_module(module_name)
         command_parser = subparsers.add_parser(
             name,
             help=module.HELP,
