@@ -107,3 +107,23 @@ def test_full_fine_tuning_with_fsdp2_matches_one_process(tiny_models, corpora, t
     _, weights = two
     changed = {int(name.split(".")[2]) for name in weights if not torch.equal(weights[name], original[name])}
     assert changed == {1, 3}
+
+
+def test_adapters_outside_the_decoder_are_refused_under_ddp(tiny_models, tmp_path):
+    """DDP sits on the decoder; an adapter on the unembedding would train unreduced, so it is an error."""
+    import torch.distributed as dist
+
+    from peel import parallel
+    from peel.config import LoraOptions
+    from peel.errors import PeelError
+    from peel.models import load_model_and_tokenizer
+    from peel.weights import LoraWeights
+
+    model, _ = load_model_and_tokenizer(str(tiny_models["llama"]))
+    weights = LoraWeights(model, LoraOptions(target_modules=["q_proj", "lm_head"]))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(PeelError, match="lm_head.lora_A.default.weight is outside it"):
+            parallel.Replicated(weights)
+    finally:
+        dist.destroy_process_group()

@@ -110,13 +110,6 @@ def unlearn(config: Config, force: bool = False) -> Path:
 
     baseline = evaluate_baseline(config, model.to(device), tokenizer)
     saved = checkpoint.load(output_dir) if folder_state == resume.RESUME else None
-    distributed.barrier()  # every process has read the folder before the main process changes it
-
-    if distributed.is_main():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-        resume.rewind(output_dir, saved)
-        run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device))
 
     torch.manual_seed(config.train.seed)  # adapter initialisation
     weights = WEIGHTS[config.unlearn.adapter](model.to(device), config.unlearn.lora)
@@ -124,6 +117,13 @@ def unlearn(config: Config, force: bool = False) -> Path:
         weights.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     parallelism = parallel.wrap(weights, config.unlearn.adapter)  # under torchrun: DDP (LoRA) or FSDP2 (full)
     start = checkpoint.restore(saved, weights, plan.layers)
+
+    distributed.barrier()  # every process has read the folder before the main process changes it
+    if distributed.is_main():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+        resume.rewind(output_dir, saved)
+        run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device))
 
     # ---- train
     total_steps = plan.steps_per_phase * len(plan.layers)

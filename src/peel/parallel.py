@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from peel import distributed
+from peel.errors import PeelError
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -96,6 +97,13 @@ class Replicated:
 
         self.weights = weights
         self.decoder = weights.anatomy.decoder
+        inside = {id(parameter) for parameter in self.decoder.parameters()}
+        outside = [name for name, parameter in weights.model.named_parameters() if parameter.requires_grad and id(parameter) not in inside]
+        if outside:
+            raise PeelError(
+                f"under torchrun, adapters must sit in the decoder, where DDP reduces their gradients; {outside[0]} "
+                "is outside it (remove the unembedding from unlearn.lora.target_modules)"
+            )
         # Buffers never change in training, so they are not re-sent each forward (torch >= 2.13 names
         # that option forward_sync_buffers; earlier versions broadcast_buffers).
         options = inspect.signature(DistributedDataParallel).parameters
