@@ -151,6 +151,9 @@ def test_a_different_config_is_refused_unless_forced(tiny_models, corpora, tmp_p
     changed = load_config(None, [*arguments, "unlearn.remove_coef=20"])
     with pytest.raises(PeelError, match=r"different config \(unlearn.remove_coef: 10.0 in the folder, 20.0 now\)"):
         unlearn(changed)
+    (folder / "tamper.json").write_text("{}")  # a result of the old model
+    (folder / "notes.txt").write_text("mine")
     unlearn(changed, force=True)
     assert load_config(folder / "config.yaml").unlearn.remove_coef == 20
+    assert not (folder / "tamper.json").exists() and (folder / "notes.txt").exists()
     assert [r["step"] for r in metrics(folder)] == list(range(1, 9))

@@ -2,7 +2,8 @@
 
 - A completed run is not run again.
 - A folder whose config.yaml differs from the config given is refused (one line naming the
-  differences), unless `force`: then the run starts over in that folder.
+  differences), unless `force`: then the run starts over in that folder, and the results of the
+  old run (model, adapter, evaluation, tamper curve) are removed with its checkpoint.
 - Otherwise the run continues from the folder's checkpoint, or starts over when there is none;
   metrics.jsonl is cut back to the checkpoint so every step appears in it exactly once.
 """
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from peel import checkpoint
 from peel.config import Config, load_config, to_dict
 from peel.errors import PeelError
+from peel.evaluation.records import EVAL_FILE
+from peel.tamper import TAMPER_FILE
 
 # What `folder_state` finds.
 NEW, RESUME, COMPLETED = "new", "resume", "completed"
@@ -54,10 +58,20 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+# What a finished run leaves, and what evaluating and attacking its model add: stale once the run starts over.
+RESULTS = ("model", "adapter", EVAL_FILE, TAMPER_FILE, "tamper.png")
+
+
 def rewind(output_dir: Path, saved: dict | None) -> None:
     """Drop what the folder holds past `saved` (everything when there is no checkpoint to continue from)."""
     if saved is None:
         checkpoint.remove(output_dir)
+        for name in RESULTS:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     metrics = output_dir / "metrics.jsonl"
     if metrics.exists():
         keep = saved["metrics_bytes"] if saved else 0
