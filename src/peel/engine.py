@@ -48,6 +48,22 @@ class Plan:
     steps_per_phase: int
 
 
+@dataclass
+class Session:
+    """What every phase of one run works with."""
+
+    config: Config
+    plan: Plan
+    weights: object  # weights.LoraWeights or weights.FullWeights
+    parallelism: object  # parallel.Local, Replicated or Sharded
+    tokenizer: object
+    forget: list[list[int]]  # token ids of each forget example
+    retain: list[list[int]]
+    device: torch.device
+    output_dir: Path
+    bar: tqdm
+
+
 def make_plan(config: Config, num_layers: int, world_size: int) -> Plan:
     train = config.train
     layers = target_layers(config.unlearn.layers, num_layers)
@@ -128,13 +144,11 @@ def unlearn(config: Config, force: bool = False) -> Path:
     # ---- train
     total_steps = plan.steps_per_phase * len(plan.layers)
     bar = tqdm(total=total_steps, initial=start.step, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
+    session = Session(config, plan, weights, parallelism, tokenizer, forget, retain, device, output_dir, bar)
     try:
         for phase in range(start.phase, len(plan.layers)):
-            layer = plan.layers[phase]
-            after_phase = (lambda: evaluate_model(weights.model, tokenizer, config.eval)) if config.eval.every_phase else None
             resumed = saved if phase == start.phase and start.step_in_phase else None
-            run_phase(weights, parallelism, phase, layer, plan, config, forget, retain, tokenizer.pad_token_id, device,
-                      output_dir, bar, after_phase, resumed)
+            run_phase(session, phase, resumed)
             checkpoint.save(output_dir, weights, checkpoint.Position(phase + 1, 0, bar.n))
     except RunFailed as error:
         if distributed.is_main():
@@ -160,17 +174,18 @@ def unlearn(config: Config, force: bool = False) -> Path:
     return output_dir
 
 
-def run_phase(weights, parallelism, phase, layer, plan, config, forget, retain, pad_token_id, device, output_dir, bar,
-              after_phase=None, resumed=None) -> None:
-    """All optimizer steps that target `layer`, with a fresh optimizer and schedule.
+def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None:
+    """All optimizer steps that target the phase's layer, with a fresh optimizer and schedule.
 
-    `after_phase`, when given, evaluates the model after the phase's last step; its accuracies
-    go into that step's metrics record under "eval". `resumed`, a checkpoint taken within this
-    phase, gives the optimizer and scheduler state and the step to continue from.
+    With `eval.every_phase`, the model is evaluated after the phase's last step and the
+    accuracies go into that step's metrics record under "eval". `resumed`, a checkpoint taken
+    within this phase, gives the optimizer and scheduler state and the step to continue from.
     """
     from transformers import get_scheduler
 
+    config, plan, weights, bar = session.config, session.plan, session.weights, session.bar
     unlearn, train = config.unlearn, config.train
+    layer = plan.layers[phase]
     weights.begin_phase(layer)
     parameters = weights.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
@@ -195,11 +210,12 @@ def run_phase(weights, parallelism, phase, layer, plan, config, forget, retain, 
         indices = process_share(order, step_in_phase, train.global_batch_size)
         micro = [indices[start : start + train.per_device_batch_size] for start in range(0, len(indices), train.per_device_batch_size)]
         random_seed = (train.seed, phase) if unlearn.forget_loss == "random_ce" else None
-        forget_batches = [make_batch(forget, chunk, pad_token_id, device, vocab, random_seed) for chunk in micro]
-        retain_batches = [make_batch(retain, chunk, pad_token_id, device) for chunk in micro]
+        pad_token_id, device = session.tokenizer.pad_token_id, session.device
+        forget_batches = [make_batch(session.forget, chunk, pad_token_id, device, vocab, random_seed) for chunk in micro]
+        retain_batches = [make_batch(session.retain, chunk, pad_token_id, device) for chunk in micro]
 
         statistics = compute_gradients(
-            weights, parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
+            weights, session.parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
             forget_coef, retain_coef, plan.examples_per_process,
         )
         if not (math.isfinite(statistics["forget_loss"]) and math.isfinite(statistics["retain_loss"])):
@@ -225,17 +241,17 @@ def run_phase(weights, parallelism, phase, layer, plan, config, forget, retain, 
             "grad_norm": float(full_tensor(grad_norm)),
             "lr": lr,
         }
-        if after_phase is not None and step_in_phase == plan.steps_per_phase - 1:
-            record["eval"] = after_phase()
+        if config.eval.every_phase and step_in_phase == plan.steps_per_phase - 1:
+            record["eval"] = evaluate_model(weights.model, session.tokenizer, config.eval)
         if distributed.is_main():
-            run_folder.append_jsonl(output_dir / "metrics.jsonl", record)
+            run_folder.append_jsonl(session.output_dir / "metrics.jsonl", record)
         bar.update(1)
         bar.set_description(f"phase {phase + 1}/{len(plan.layers)} (layer {layer})")
         bar.set_postfix(forget=f"{record['forget_loss']:.3f}", retain=f"{record['retain_loss']:.3f}")
         every = train.checkpoint_every
         if every and record["step"] % every == 0 and step_in_phase + 1 < plan.steps_per_phase:  # phase ends save anyway
             position = checkpoint.Position(phase, step_in_phase + 1, record["step"])
-            checkpoint.save(output_dir, weights, position, optimizer, scheduler)
+            checkpoint.save(session.output_dir, weights, position, optimizer, scheduler)
 
 
 def compute_gradients(
