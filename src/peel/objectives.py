@@ -33,6 +33,9 @@ def forget_backward(weights, batch: Batch, layer: int, loss_name: str, scale: fl
     with weights.original_from(layer + 1):
         probe_logits = logits(weights.model, batch.input_ids, batch.attention_mask)
         per_example = losses.FORGET_LOSSES[loss_name](probe_logits, batch.attention_mask, batch.random_targets)
+        # The loss keeps what its backward needs; the [batch, tokens, vocab] logits themselves
+        # are not, and releasing them lowers the step's peak by one such tensor.
+        del probe_logits
         _backward(per_example, scale)
     return per_example.detach()
 

@@ -131,11 +131,18 @@ class FullWeights:
 
     def _exchange(self, layer: int) -> None:
         """Swap the current and the stored values of `layer`'s parameters (an exchange is its own inverse)."""
+        from torch.distributed.tensor import DTensor
+
         with torch.no_grad():
             for parameter, stored in zip(self.anatomy.layers[layer].parameters(), self.originals[layer]):
-                held = parameter.detach().clone()
-                parameter.copy_(stored)
-                stored.copy_(held)
+                if isinstance(parameter, DTensor):
+                    # FSDP2 gathers from the shard it registered, so the values must move into it.
+                    held = parameter.detach().clone()
+                    parameter.copy_(stored)
+                    stored.copy_(held)
+                else:
+                    # A plain tensor can trade storage instead: no copy, no temporary layer-sized buffer.
+                    parameter.data, stored.data = stored.data, parameter.data
 
     def l2sp_penalty(self, layer: int) -> torch.Tensor:
         pairs = zip(self.anatomy.layers[layer].parameters(), self.originals[layer])
