@@ -166,3 +166,25 @@ def test_unsupported_and_empty_inputs(tmp_path, tiny_models):
     (folder / "data.csv").write_text("text\nhello\n")
     with pytest.raises(PeelError, match="must be one kind of"):
         load_texts(DataSource(path=str(folder)), 1, 0)
+
+
+def test_evaluation_baseline_is_cached_and_written_beside_the_result(tiny_models, corpora, tmp_path, monkeypatch):
+    from peel import evaluation, testbed
+
+    fixtures = Path(__file__).parent / "fixtures" / "evaluation"
+    monkeypatch.setitem(testbed.MC_FILES, "testbed_forget", str(fixtures / "forget_mc.jsonl"))
+    monkeypatch.setitem(testbed.MC_FILES, "testbed_retain", str(fixtures / "retain_mc.jsonl"))
+    monkeypatch.setenv("PEEL_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real_evaluate = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: calls.append(1) or real_evaluate(*args, **kwargs))
+    extra = ["eval.tasks=[testbed_forget, testbed_retain]", "eval.every_phase=true", "eval.batch_size=4"]
+    for name in ("first", "second"):
+        unlearn(load_config(None, overrides(tiny_models["gpt_neox"], corpora, tmp_path / name, *extra)))
+    # First run: baseline + 2 phases + result; second run: the baseline comes from the cache.
+    assert len(calls) == 4 + 3
+    record = json.loads((tmp_path / "second" / "eval.json").read_text())
+    assert set(record["accuracy"]) == {"testbed_forget", "testbed_retain"}
+    assert record["baseline"]["accuracy"].keys() == record["accuracy"].keys()
+    phase_ends = [r for r in map(json.loads, (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
+    assert [r["step"] for r in phase_ends] == [2, 4]
