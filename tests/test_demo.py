@@ -41,6 +41,14 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
     assert (output / "tamper.png").stat().st_size > 0
     assert (output / "unlearn" / "model").is_dir()
 
+    # The run folder carries the demo's evaluation and attack, so a report can be built from it.
+    from peel.report import read_run
+
+    run = read_run(output / "unlearn")
+    assert run.evaluation["accuracy"]["testbed_forget"] == summary["models"]["unlearned"]["forget_acc"]
+    assert run.evaluation["baseline"]["accuracy"]["testbed_forget"] == summary["models"]["base"]["forget_acc"]
+    assert [row["testbed_forget"] for row in run.tamper] == [point["forget_acc"] for point in summary["tamper"]["unlearned"]]
+
 
 def test_demo_rejects_a_missing_config_in_one_line(tmp_path, capsys):
     from peel.cli import main

@@ -51,19 +51,27 @@ def run(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     evaluation = config.eval
 
-    models = {}
-    for name in ("base", "filtered"):
-        models[name] = accuracies(f"testbed:{name}", evaluation.batch_size, evaluation.max_length)
-        print(f"{name}: {format_row(models[name])}", flush=True)
-
     from peel.engine import unlearn
+    from peel.evaluation import write_evaluation
+    from peel.tamper import write_curve
+
+    evaluations = {}
+    for name in ("base", "filtered"):
+        evaluations[name] = evaluate_model(f"testbed:{name}", evaluation.batch_size, evaluation.max_length)
+        print(f"{name}: {format_row(summary_row(evaluations[name]))}", flush=True)
 
     run_folder = unlearn(config)
     unlearned_path = str(run_folder / "model")
-    models["unlearned"] = accuracies(unlearned_path, evaluation.batch_size, evaluation.max_length)
-    print(f"unlearned: {format_row(models['unlearned'])}", flush=True)
+    evaluations["unlearned"] = evaluate_model(unlearned_path, evaluation.batch_size, evaluation.max_length)
+    print(f"unlearned: {format_row(summary_row(evaluations['unlearned']))}", flush=True)
+    models = {name: summary_row(results) for name, results in evaluations.items()}
 
-    curves = {name: attack_curve(path, config) for name, path in (("unlearned", unlearned_path), ("filtered", "testbed:filtered"))}
+    histories = {name: attack_history(path, config) for name, path in (("unlearned", unlearned_path), ("filtered", "testbed:filtered"))}
+    curves = {name: [{"step": row["step"], "forget_acc": row[TASKS["forget_acc"]]} for row in rows] for name, rows in histories.items()}
+    # The unlearning run folder gets what `peel eval` and `peel tamper` would have written, so
+    # `peel report DIR/unlearn` shows its accuracies against the base model and its tamper curve.
+    write_evaluation(run_folder, unlearned_path, evaluations["unlearned"], baseline={"model": "testbed:base", **evaluations["base"]})
+    write_curve(run_folder, histories["unlearned"])
 
     summary = {"models": models, "tamper": curves, "wall_seconds": round(time.time() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -74,24 +82,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def accuracies(name_or_path: str, batch_size: int, max_length: int) -> dict[str, float]:
+def evaluate_model(name_or_path: str, batch_size: int, max_length: int) -> dict:
     from peel.evaluation import evaluate
     from peel.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(name_or_path, dtype="float32")
-    results = evaluate(model, tokenizer, list(TASKS.values()), batch_size=batch_size, max_length=max_length)
+    return evaluate(model, tokenizer, list(TASKS.values()), batch_size=batch_size, max_length=max_length)
+
+
+def summary_row(results: dict) -> dict[str, float]:
     return {key: results["accuracy"][task] for key, task in TASKS.items()}
 
 
-def attack_curve(name_or_path: str, config) -> list[dict]:
-    """Forget accuracy along the tamper attack, whatever tasks the config's tamper section names."""
+def attack_history(name_or_path: str, config) -> list[dict]:
+    """The tamper attack's accuracy rows ({"step", "testbed_forget"}), whatever tasks the config's tamper section names."""
     import dataclasses
 
     from peel.tamper import attack
 
     settings = dataclasses.replace(config.tamper, tasks=[TASKS["forget_acc"]])
-    history = attack(name_or_path, settings, config.eval, dtype="float32")
-    return [{"step": row["step"], "forget_acc": row[TASKS["forget_acc"]]} for row in history]
+    return attack(name_or_path, settings, config.eval, dtype="float32")
 
 
 def format_row(row: dict[str, float]) -> str:
