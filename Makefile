@@ -22,4 +22,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/step_bench.py --quick --output benchmarks/results/quick.json
+	$(BIN)/python benchmarks/step_bench.py --quick --output runs/bench_quick.json
