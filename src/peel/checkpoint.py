@@ -1,6 +1,8 @@
 """Resumable checkpoints: one file in the run folder, replaced whole or not at all.
 
-`checkpoint.pt` holds what a killed run needs to continue as if it had never stopped:
+`checkpoint.safetensors` holds what a killed run needs to continue as if it had never stopped
+(tensors as safetensors entries, everything else as JSON in the file's metadata, so loading it
+runs no pickle):
 - the position: phase, step within it, global step. Each phase's example order is a pure function
   of (seed, phase), so the position is also the data position;
 - the parameters that can differ from the loaded model (adapters, or the layers trained so far),
@@ -18,17 +20,20 @@ Every process calls `save` (gathering shards is collective); only the main proce
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from peel import distributed
 from peel.errors import PeelError
 from peel.parallel import full_tensor, shard_like
 
-FILE_NAME = "checkpoint.pt"
+FILE_NAME = "checkpoint.safetensors"
 
 
 class Position(NamedTuple):
@@ -63,12 +68,64 @@ def save(output_dir: Path, weights, position: Position, optimizer=None, schedule
         "random_states": random_states,
         "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
     }
+    tensors, metadata = flatten_record(record)
     temporary = output_dir / (FILE_NAME + ".tmp")
-    with temporary.open("wb") as handle:
-        torch.save(record, handle)
-        handle.flush()
+    save_file(tensors, temporary, metadata={"peel": json.dumps(metadata)})
+    with temporary.open("rb") as handle:
         os.fsync(handle.fileno())  # on disk before it replaces the last good checkpoint
     os.replace(temporary, output_dir / FILE_NAME)
+
+
+def flatten_record(record: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split a checkpoint into named tensors and JSON: `parameters/NAME`, `optimizer/INDEX/KEY`,
+    `random/RANK/DEVICE`; the JSON keeps the rest and the non-tensor optimizer values."""
+    tensors = {f"parameters/{name}": value for name, value in record["parameters"].items()}
+    metadata = {key: record[key] for key in ("position", "metrics_bytes")}
+    if record["optimizer"] is not None:
+        state = record["optimizer"]["optimizer"]
+        scalars = {}
+        for index, values in state["state"].items():
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer/{index}/{key}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        metadata["optimizer"] = {"param_groups": state["param_groups"], "scalars": scalars,
+                                 "scheduler": record["optimizer"]["scheduler"]}
+    for rank, states in enumerate(record["random_states"]):
+        for device, value in states.items():
+            tensors[f"random/{rank}/{device}"] = value
+    metadata["random_processes"] = len(record["random_states"])
+    return {name: tensor.contiguous() for name, tensor in tensors.items()}, metadata
+
+
+def unflatten_record(tensors: dict[str, torch.Tensor], metadata: dict) -> dict:
+    """The inverse of `flatten_record`."""
+    groups: dict[str, dict] = {"parameters": {}, "optimizer": {}, "random": {}}
+    for name, tensor in tensors.items():
+        kind, _, rest = name.partition("/")
+        groups[kind][rest] = tensor
+    optimizer = None
+    if "optimizer" in metadata:
+        state: dict[int, dict] = {int(index): dict(values) for index, values in metadata["optimizer"]["scalars"].items()}
+        for name, tensor in groups["optimizer"].items():
+            index, key = name.split("/", 1)
+            state.setdefault(int(index), {})[key] = tensor
+        optimizer = {
+            "optimizer": {"state": state, "param_groups": metadata["optimizer"]["param_groups"]},
+            "scheduler": metadata["optimizer"]["scheduler"],
+        }
+    random_states = [{} for _ in range(metadata["random_processes"])]
+    for name, tensor in groups["random"].items():
+        rank, device = name.split("/", 1)
+        random_states[int(rank)][device] = tensor
+    return {
+        "position": metadata["position"],
+        "parameters": groups["parameters"],
+        "optimizer": optimizer,
+        "random_states": random_states,
+        "metrics_bytes": metadata["metrics_bytes"],
+    }
 
 
 def whole(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -81,7 +138,10 @@ def load(output_dir: Path) -> dict | None:
     path = output_dir / FILE_NAME
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    with safe_open(path, framework="pt", device="cpu") as handle:
+        metadata = json.loads(handle.metadata()["peel"])
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    return unflatten_record(tensors, metadata)
 
 
 def remove(output_dir: Path) -> None:
