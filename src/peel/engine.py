@@ -30,7 +30,7 @@ from peel.config import Config, save_config
 from peel.data import collate, load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError, RunFailed
 from peel.filters import GRADIENT_FILTERS
-from peel.models import load_model_and_tokenizer, load_model_config, save_model
+from peel.models import enable_activation_checkpointing, load_model_and_tokenizer, load_model_config, save_model
 from peel.objectives import RETAIN_OBJECTIVES, Batch, forget_backward
 from peel.parallel import full_tensor
 from peel.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set, target_layers
@@ -130,7 +130,7 @@ def unlearn(config: Config, force: bool = False) -> Path:
     torch.manual_seed(config.train.seed)  # adapter initialisation
     weights = WEIGHTS[config.unlearn.adapter](model.to(device), config.unlearn.lora)
     if config.train.gradient_checkpointing:
-        weights.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(weights.model)
     parallelism = parallel.wrap(weights, config.unlearn.adapter)  # under torchrun: DDP (LoRA) or FSDP2 (full)
     start = checkpoint.restore(saved, weights, plan.layers)
 
