@@ -8,6 +8,7 @@ Values are checked against the field's type when loaded; an unknown key or a wro
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -24,16 +25,10 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
     """A dataclass field with help text; mutable defaults are copied per instance."""
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         value = default
-        kwargs["default_factory"] = lambda: _copy(value)
+        kwargs["default_factory"] = lambda: copy.deepcopy(value)
     elif default is not dataclasses.MISSING:
         kwargs["default"] = default
     return field(metadata={"help": help}, **kwargs)
-
-
-def _copy(value: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(value)
 
 
 @dataclass
