@@ -17,8 +17,6 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 PACKAGES = ("peel", "torch", "transformers", "peft", "datasets", "lm_eval")
 
 
@@ -54,13 +52,15 @@ def git_revision() -> str | None:
     return result.stdout.strip() or None
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device) -> float:
+    import torch  # here, so readers of run folders (report, eval records) import no torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_record(status: str, started: float, device: torch.device, **extra) -> dict:
+def run_record(status: str, started: float, device, **extra) -> dict:
     return {
         "status": status,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

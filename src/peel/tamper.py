@@ -16,6 +16,7 @@ import torch
 
 from peel.config import EvalConfig, TamperConfig
 from peel.errors import PeelError
+from peel.run_folder import write_json
 
 TAMPER_FILE = "tamper.json"
 
@@ -129,7 +130,7 @@ def attack(name_or_path: str, tamper_settings: TamperConfig, evaluation: EvalCon
 def write_curve(folder: str | Path, history: list[dict]) -> Path:
     path = Path(folder) / TAMPER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(history, indent=1) + "\n")
+    write_json(path, history)  # whole or not at all, like every file a report reads
     return path
 
 

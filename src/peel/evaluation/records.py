@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from peel.errors import PeelError
+from peel.run_folder import write_json
 
 EVAL_FILE = "eval.json"
 
@@ -20,7 +21,7 @@ def write_evaluation(folder: str | Path, model: str, results: dict, baseline: di
         record["baseline"] = baseline
     path = Path(folder) / EVAL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(path, record)  # whole or not at all: report and resume read it
     return path
 
 
