@@ -253,6 +253,17 @@ def to_dict(config: Any) -> Any:
     return config
 
 
+def flatten(values: dict, prefix: str = "", leaves: tuple[str, ...] = ()) -> dict:
+    """`{"train": {"lr": 1}}` -> `{"train.lr": 1}`; mappings under a key in `leaves` stay whole."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key not in leaves:
+            flat.update(flatten(value, f"{prefix}{key}.", leaves))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from peel.config import flatten
 from peel.errors import PeelError
 from peel.evaluation.records import read_evaluation
 from peel.plots import CHANCE
@@ -59,16 +60,6 @@ class Run:
     tamper: list | None
 
 
-def flatten(mapping: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict) and key != "layers":
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def read_run(folder: str | Path) -> Run:
     folder = Path(folder)
     config_path = folder / "config.yaml"
@@ -90,7 +81,7 @@ def read_run(folder: str | Path) -> Run:
     return Run(
         name=folder.resolve().name,
         folder=folder,
-        settings=flatten(config),
+        settings=flatten(config, leaves=("layers",)),  # a layer range is one setting
         steps=[line for line in lines if "forget_loss" in line],
         phase_evaluations=[line for line in lines if isinstance(line.get("eval"), dict)],
         record=record,

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from peel import checkpoint
-from peel.config import Config, load_config, to_dict
+from peel.config import Config, flatten, load_config, to_dict
 from peel.errors import PeelError
 from peel.evaluation.records import EVAL_FILE
 from peel.tamper import TAMPER_FILE
@@ -46,16 +46,6 @@ def config_differences(saved: Config, given: Config) -> list[str]:
     before, after = flatten(to_dict(saved)), flatten(to_dict(given))
     keys = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
     return [f"{key}: {before.get(key)!r} in the folder, {after.get(key)!r} now" for key in keys]
-
-
-def flatten(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # What a finished run leaves, and what evaluating and attacking its model add: stale once the run starts over.
