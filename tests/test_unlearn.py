@@ -169,15 +169,16 @@ def test_unsupported_and_empty_inputs(tmp_path, tiny_models):
 
 
 def test_evaluation_baseline_is_cached_and_written_beside_the_result(tiny_models, corpora, tmp_path, monkeypatch):
-    from peel import evaluation, testbed
+    from peel import testbed
+    from peel.evaluation import harness
 
     fixtures = Path(__file__).parent / "fixtures" / "evaluation"
     monkeypatch.setitem(testbed.MC_FILES, "testbed_forget", str(fixtures / "forget_mc.jsonl"))
     monkeypatch.setitem(testbed.MC_FILES, "testbed_retain", str(fixtures / "retain_mc.jsonl"))
     monkeypatch.setenv("PEEL_CACHE", str(tmp_path / "cache"))
     calls = []
-    real_evaluate = evaluation.evaluate
-    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: calls.append(1) or real_evaluate(*args, **kwargs))
+    real_evaluate = harness.evaluate  # every evaluation runs through it
+    monkeypatch.setattr(harness, "evaluate", lambda *args, **kwargs: calls.append(1) or real_evaluate(*args, **kwargs))
     extra = ["eval.tasks=[testbed_forget, testbed_retain]", "eval.every_phase=true", "eval.batch_size=4"]
     for name in ("first", "second"):
         unlearn(load_config(None, overrides(tiny_models["gpt_neox"], corpora, tmp_path / name, *extra)))

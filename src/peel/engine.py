@@ -163,9 +163,9 @@ def unlearn(config: Config, force: bool = False) -> Path:
     model = save_results(weights, parallelism, tokenizer, output_dir, config.unlearn.adapter, device)
     if distributed.is_main():
         if config.eval.tasks:
-            from peel.evaluation import evaluate, write_evaluation
+            from peel.evaluation import evaluate_with, write_evaluation
 
-            results = evaluate(model, tokenizer, config.eval.tasks, config.eval.batch_size, config.eval.max_length, config.eval.limit)
+            results = evaluate_with(model, tokenizer, config.eval)
             write_evaluation(output_dir, str(output_dir / "model"), results, baseline)
         record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers)
         run_folder.write_json(output_dir / "run.json", record)
@@ -362,9 +362,9 @@ def evaluate_model(model, tokenizer, settings) -> dict[str, float] | None:
     Under torchrun every process runs it (FSDP2's forward passes need all of them); only the
     main process gets the accuracies (None elsewhere), and only it writes them.
     """
-    from peel.evaluation import evaluate
+    from peel.evaluation import evaluate_with
 
-    results = evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit)
+    results = evaluate_with(model, tokenizer, settings)
     return None if results is None else results["accuracy"]
 
 
@@ -373,14 +373,14 @@ def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:
     settings = config.eval
     if not settings.tasks or not distributed.is_main():
         return None
-    from peel.evaluation import cached_baseline, evaluate
+    from peel.evaluation import cached_baseline, evaluate_with
 
     return cached_baseline(
         config.model.name_or_path,
         settings.tasks,
         settings.limit,
         settings.max_length,
-        compute=lambda: evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit),
+        compute=lambda: evaluate_with(model, tokenizer, settings),
         revision=config.model.revision,
     )
 

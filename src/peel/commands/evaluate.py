@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peel.evaluation import cached_baseline, evaluate, load_baseline, write_evaluation
+    from peel.evaluation import cached_baseline, evaluate_with, load_baseline, write_evaluation
     from peel.evaluation.targets import load_target_model, output_folder, resolve_target
 
     overrides = list(args.overrides)
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         from peel.evaluation.targets import Target
 
         model, tokenizer = load_target_model(Target(name, None, target.config))
-        return {"model": name, **evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit)}
+        return {"model": name, **evaluate_with(model, tokenizer, settings)}
 
     results = evaluate_folder(target.model)
     baseline = None

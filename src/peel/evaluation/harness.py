@@ -97,6 +97,11 @@ def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: in
     return summarize(output, tasks, limit)
 
 
+def evaluate_with(model, tokenizer, settings) -> dict | None:
+    """`evaluate` with the tasks, batch size, context length and limit of an `eval` config section."""
+    return evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit)
+
+
 @contextlib.contextmanager
 def quiet_lm_eval():
     """Keep lm-eval's per-call notices (in-memory model, custom dataset) out of long logs."""
