@@ -23,7 +23,7 @@ def test_yaml_and_overrides(tmp_path):
     [
         ("unlearn.bogus=1", "unknown config key 'unlearn.bogus'"),
         ("bogus.key=1", "unknown config key 'bogus'"),
-        ("train.lr=fast", "'train.lr' got 'fast'; accepted: a number"),
+        ("train.lr=fast", "'train.lr' got 'fast'; accepted: a finite number"),
         ("train.seed=1.5", "'train.seed' got 1.5; accepted: an integer"),
         ("unlearn.adapter=qlora", "'unlearn.adapter' got 'qlora'; accepted: lora, full"),
         ("unlearn.retain_layers=some", "accepted: list of int or all | target"),

@@ -43,7 +43,7 @@ def test_grid_expands_into_runs_named_after_their_values(tmp_path):
     (["unlearn.remove_coef"], "is not of the form"),
     (["unlearn.remove_coef=1,,2"], "is not of the form"),
     (["unlearn.remove_coef=1", "unlearn.remove_coef=2"], "names 'unlearn.remove_coef' twice"),
-    (["unlearn.remove_coef=ten"], "accepted: a number"),
+    (["unlearn.remove_coef=ten"], "accepted: a finite number"),
     ([], "at least one --grid"),
 ])
 def test_bad_grids_are_one_line_errors(tmp_path, grid, message):

@@ -134,7 +134,7 @@ BAD_INPUTS = [
     (["unlearn.layers=[4]"], "layer 4; the model has layers 0..3"),
     (["unlearn.layers=[3, 1]", "unlearn.retain_layers=[7]"], "retain_layers contains layer 7"),
     (["train.global_batch_size=6"], "global_batch_size=6 is not a multiple"),
-    (["data.num_examples=1000"], "non-empty examples"),
+    (["data.num_examples=1000"], "holds 64 usable texts in column 'text'; 1000 are asked for"),
     (["data.forget.text_field=body"], "has no column 'body'"),
     (["unlearn.lora.rank=two"], "'unlearn.lora.rank' got 'two'; accepted: an integer"),
     (["unlearn.typo=1"], "unknown config key 'unlearn.typo'"),
@@ -159,7 +159,7 @@ def test_unsupported_and_empty_inputs(tmp_path, tiny_models):
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"text": ""}\n')
-    with pytest.raises(PeelError, match="0 non-empty examples"):
+    with pytest.raises(PeelError, match="holds no usable texts in column 'text': 1 rows, 1 empty or blank"):
         load_texts(DataSource(path=str(empty)), 4, 0)
     folder = tmp_path / "folder"
     folder.mkdir()

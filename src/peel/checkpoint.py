@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from peel import distributed
-from peel.errors import PeelError
+from peel.errors import PeelError, reading
 from peel.parallel import full_tensor, shard_like
 
 FILE_NAME = "checkpoint.safetensors"
@@ -138,10 +138,12 @@ def load(output_dir: Path) -> dict | None:
     path = output_dir / FILE_NAME
     if not path.exists():
         return None
-    with safe_open(path, framework="pt", device="cpu") as handle:
-        metadata = json.loads(handle.metadata()["peel"])
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    return unflatten_record(tensors, metadata)
+    accepted = "a checkpoint written by peel (delete it, or pass --force, to start the run over)"
+    with reading(str(path), accepted):
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            metadata = json.loads(handle.metadata()["peel"])
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        return unflatten_record(tensors, metadata)
 
 
 def remove(output_dir: Path) -> None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import traceback
 
-from peel.errors import PeelError, RunFailed
+from peel.errors import PREEMPTED_EXIT_STATUS, PeelError, Preempted, RunFailed, first_line
 
 # name -> module under peel.commands; the order is the order `peel --help` lists them in.
 COMMANDS = {
@@ -57,6 +60,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; every way it can end is one line on stderr and an exit status:
+    0 done, 2 bad input, 1 failed (the traceback of an unexpected error goes to a file, named
+    in the line), 75 stopped by a signal after a checkpoint (run again to continue), 130 interrupted."""
     args = parse(argv)
     try:
         return args.run(args)
@@ -66,6 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as error:
         print(f"peel {args.command}: failed: {error}", file=sys.stderr)
         return 1
+    except Preempted as error:
+        print(f"peel {args.command}: {error}; run the same command again to continue", file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
+    except KeyboardInterrupt:
+        print(f"peel {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        log = write_traceback(error)
+        print(f"peel {args.command}: internal error: {type(error).__name__}: {first_line(error)}; "
+              f"full traceback in {log}", file=sys.stderr)
+        return 1
+
+
+def write_traceback(error: BaseException) -> str:
+    """Keep an unexpected error's traceback in a file of its own, so the terminal gets one line."""
+    handle, path = tempfile.mkstemp(prefix="peel-error-", suffix=".log")
+    with os.fdopen(handle, "w") as log:
+        log.write("".join(traceback.format_exception(error)))
+    return path
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,17 +19,52 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from peel.errors import PeelError
+from peel.errors import PeelError, reading
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with help text; mutable defaults are copied per instance."""
+@dataclass(frozen=True)
+class Bound:
+    """The accepted range of a numeric field, declared beside its default and shown by `--help`.
+
+    Applies to the field's value, or to each item of a list; None (where a field allows it) is
+    always accepted. Every float is also required to be finite, whatever its bound.
+    """
+
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
+
+    def accepts(self, value: float) -> bool:
+        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+            return False
+        if self.maximum is not None and (value >= self.maximum if self.exclusive_maximum else value > self.maximum):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        low = None if self.minimum is None else f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
+        high = None if self.maximum is None else f"{'<' if self.exclusive_maximum else '<='} {self.maximum:g}"
+        if low and high:
+            return f"in {'(' if self.exclusive_minimum else '['}{self.minimum:g}, {self.maximum:g}{')' if self.exclusive_maximum else ']'}"
+        return low or high or "any finite number"
+
+
+POSITIVE = Bound(minimum=0, exclusive_minimum=True)
+NON_NEGATIVE = Bound(minimum=0)
+AT_LEAST_ONE = Bound(minimum=1)
+FRACTION = Bound(minimum=0, maximum=1)
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", bound: Bound | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with help text and, for numbers, its accepted range; mutable defaults
+    are copied per instance."""
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         value = default
         kwargs["default_factory"] = lambda: copy.deepcopy(value)
     elif default is not dataclasses.MISSING:
         kwargs["default"] = default
-    return field(metadata={"help": help}, **kwargs)
+    return field(metadata={"help": help, "bound": bound}, **kwargs)
 
 
 @dataclass
@@ -58,7 +94,9 @@ class ChatSource:
     name: str | None = option(None, "Hub dataset configuration name.")
     split: str = option("train_sft", "Dataset split.")
     messages_field: str = option("messages", "Column holding the list of {role, content} messages.")
-    fraction: float = option(0.25, "Share of the retain examples taken from the chat data, rendered with the chat template.")
+    fraction: float = option(
+        0.25, "Share of the retain examples taken from the chat data, rendered with the chat template.", FRACTION
+    )
 
 
 @dataclass
@@ -66,22 +104,27 @@ class DataConfig:
     forget: DataSource = option(DataSource(path="testbed:forget"), "Forget corpus (the knowledge to remove).")
     retain: DataSource = option(DataSource(path="testbed:retain"), "Retain corpus (the knowledge to keep).")
     chat: ChatSource = option(ChatSource(), "Optional chat data mixed into the retain corpus.")
-    num_examples: int = option(1024, "Forget examples per phase (and as many retain examples).")
-    max_length: int = option(512, "Tokens per example; longer texts are truncated.")
+    num_examples: int | None = option(
+        None,
+        "Forget examples per phase (and as many retain examples); null = every usable forget text "
+        "(and as many retain texts as there are, up to that).",
+        AT_LEAST_ONE,
+    )
+    max_length: int = option(512, "Tokens per example; longer texts are truncated.", AT_LEAST_ONE)
 
 
 @dataclass
 class LayerRange:
-    start: int | None = option(None, "First (deepest) target layer; None = the model's last layer.")
-    end: int = option(0, "Last (shallowest) target layer, inclusive when the step lands on it.")
-    step: int = option(4, "Distance between target layers.")
+    start: int | None = option(None, "First (deepest) target layer; None = the model's last layer.", NON_NEGATIVE)
+    end: int = option(0, "Last (shallowest) target layer, inclusive when the step lands on it.", NON_NEGATIVE)
+    step: int = option(4, "Distance between target layers.", AT_LEAST_ONE)
 
 
 @dataclass
 class LoraOptions:
-    rank: int = option(16, "LoRA rank r.")
-    alpha: int = option(16, "LoRA alpha (scale = alpha / r).")
-    dropout: float = option(0.0, "LoRA dropout.")
+    rank: int = option(16, "LoRA rank r.", AT_LEAST_ONE)
+    alpha: int = option(16, "LoRA alpha (scale = alpha / r).", AT_LEAST_ONE)
+    dropout: float = option(0.0, "LoRA dropout.", Bound(minimum=0, maximum=1, exclusive_maximum=True))
     target_modules: list[str] | str = option(
         "all-linear", "Modules given adapters: all-linear, or a list of module names (e.g. [query_key_value])."
     )
@@ -92,6 +135,7 @@ class UnlearnConfig:
     layers: list[int] | LayerRange = option(
         LayerRange(start=None, end=0, step=4),
         "Target layers, back to front: {start, end, step} or an explicit list such as [28, 24, 20, 16].",
+        NON_NEGATIVE,
     )
     adapter: Literal["lora", "full"] = option("lora", "lora: adapters in every layer; full: only the target layer trains in its phase.")
     lora: LoraOptions = option(LoraOptions(), "LoRA settings (adapter: lora).")
@@ -102,10 +146,10 @@ class UnlearnConfig:
         "l2", "l2: hidden-state distance to the original; kl: KL(original || current) on logits; nll: language-model loss."
     )
     retain_layers: list[int] | Literal["all", "target"] = option(
-        "all", "Layers whose hidden states the l2 retain loss compares: a list, all, or target."
+        "all", "Layers whose hidden states the l2 retain loss compares: a list, all, or target.", NON_NEGATIVE
     )
-    remove_coef: float = option(10.0, "Forget loss coefficient (ramps to 0.75x within a phase).")
-    retain_coef: float = option(5.0, "Retain loss coefficient (ramped within a phase, see retain_ramp).")
+    remove_coef: float = option(10.0, "Forget loss coefficient (ramps to 0.75x within a phase).", NON_NEGATIVE)
+    retain_coef: float = option(5.0, "Retain loss coefficient (ramped within a phase, see retain_ramp).", NON_NEGATIVE)
     retain_ramp: Literal["from_zero", "from_quarter"] = option(
         "from_zero", "Retain coefficient within a phase: from_zero = coef*p, from_quarter = coef*(0.25+0.75p)."
     )
@@ -114,34 +158,38 @@ class UnlearnConfig:
         "Combine forget and retain gradients: none = sum; same_sign = keep elements where they agree; "
         "asymmetric = drop forget elements that disagree, keep all retain.",
     )
-    l2sp_coef: float = option(0.0, "L2-SP: coef * ||w - w0||^2 on the target layer; 0 = off.")
+    l2sp_coef: float = option(0.0, "L2-SP: coef * ||w - w0||^2 on the target layer; 0 = off.", NON_NEGATIVE)
 
 
 @dataclass
 class TrainConfig:
-    lr: float = option(1e-4, "Peak learning rate.")
+    lr: float = option(1e-4, "Peak learning rate.", POSITIVE)
     optimizer: Literal["adamw"] = option("adamw", "Optimizer.")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    max_grad_norm: float = option(1.0, "Clip the combined gradient to this norm; 0 = off.")
+    weight_decay: float = option(0.0, "AdamW weight decay.", NON_NEGATIVE)
+    max_grad_norm: float = option(1.0, "Clip the combined gradient to this norm; 0 = off.", NON_NEGATIVE)
     lr_scheduler: Literal["linear", "constant", "cosine"] = option(
         "linear", "Learning-rate schedule within each phase (a fresh optimizer per phase)."
     )
-    warmup_ratio: float = option(0.0, "Share of each phase spent warming up the learning rate.")
-    per_device_batch_size: int = option(4, "Examples per forward pass on one device.")
-    global_batch_size: int = option(32, "Examples per optimizer step over all devices; accumulation is derived.")
-    epochs_per_layer: int = option(1, "Passes over the examples in each phase.")
+    warmup_ratio: float = option(0.0, "Share of each phase spent warming up the learning rate.", FRACTION)
+    per_device_batch_size: int = option(4, "Examples per forward pass on one device.", AT_LEAST_ONE)
+    global_batch_size: int = option(
+        32, "Examples per optimizer step over all devices; accumulation is derived.", AT_LEAST_ONE
+    )
+    epochs_per_layer: int = option(1, "Passes over the examples in each phase.", AT_LEAST_ONE)
     dtype: Literal["bfloat16", "float32"] = option("bfloat16", "Weight and compute dtype.")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
-    seed: int = option(0, "Seed for data order, random targets and initialisation.")
-    checkpoint_every: int = option(0, "Save a resumable checkpoint every N optimizer steps (and at each phase end); 0 = phase ends only.")
+    seed: int = option(0, "Seed for data order, random targets and initialisation.", NON_NEGATIVE)
+    checkpoint_every: int = option(
+        0, "Save a resumable checkpoint every N optimizer steps (and at each phase end); 0 = phase ends only.", NON_NEGATIVE
+    )
 
 
 @dataclass
 class EvalConfig:
     tasks: list[str] = option([], "lm-eval tasks run on the baseline and the result, e.g. [wmdp_bio_robust, mmlu].")
-    batch_size: int = option(16, "lm-eval batch size.")
-    max_length: int = option(2048, "Longest sequence lm-eval feeds the model.")
-    limit: int | None = option(None, "Evaluate only the first N documents of each task (quick checks).")
+    batch_size: int = option(16, "lm-eval batch size.", AT_LEAST_ONE)
+    max_length: int = option(2048, "Longest sequence lm-eval feeds the model.", AT_LEAST_ONE)
+    limit: int | None = option(None, "Evaluate only the first N documents of each task (quick checks).", AT_LEAST_ONE)
     every_phase: bool = option(False, "Also evaluate after each phase (accuracy vs phase in metrics.jsonl).")
 
 
@@ -151,14 +199,18 @@ class TamperConfig:
         DataSource(path="Unlearning/WMDP-Bio-Remove-Dataset"), "Text the attacker fine-tunes on."
     )
     adapter: Literal["full", "lora"] = option("full", "Fine-tune all weights or a LoRA adapter.")
-    lr: float = option(2e-5, "Attack learning rate.")
-    steps: int = option(100, "Attack optimizer steps.")
-    per_device_batch_size: int = option(4, "Examples per attack step.")
-    num_examples: int = option(512, "Attack examples.")
-    max_length: int = option(512, "Tokens per attack example.")
+    lr: float = option(2e-5, "Attack learning rate.", POSITIVE)
+    steps: int = option(100, "Attack optimizer steps.", NON_NEGATIVE)
+    per_device_batch_size: int = option(4, "Examples per attack step.", AT_LEAST_ONE)
+    num_examples: int | None = option(
+        None,
+        "Attack examples; null = steps x per_device_batch_size (every example read once). A corpus with fewer gives what it has.",
+        AT_LEAST_ONE,
+    )
+    max_length: int = option(512, "Tokens per attack example.", AT_LEAST_ONE)
     tasks: list[str] = option(["wmdp_bio_robust"], "Tasks evaluated during the attack.")
-    eval_every: int = option(10, "Evaluate every N attack steps (and at step 0).")
-    seed: int = option(0, "Seed for the attack's data order.")
+    eval_every: int = option(10, "Evaluate every N attack steps (and at step 0).", AT_LEAST_ONE)
+    seed: int = option(0, "Seed for the attack's data order.", NON_NEGATIVE)
 
 
 @dataclass
@@ -191,10 +243,8 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise PeelError(f"config file {str(path)!r} does not exist")
     if path.resolve() in seen:
         raise PeelError(f"config file {str(path)!r} names itself as a base (through {[str(p) for p in seen]})")
-    try:
+    with reading(f"config file {str(path)!r}", "a YAML mapping of config sections"):
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise PeelError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise PeelError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
@@ -282,10 +332,23 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     for name, spec in known.items():
         key = f"{prefix}{name}"
         if name in raw:
-            values[name] = convert(hints[name], raw[name], key, spec)
+            values[name] = check_bound(convert(hints[name], raw[name], key, spec), spec.metadata.get("bound"), key)
         elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             raise PeelError(f"config key {key!r} is required")
     return cls(**values)
+
+
+def check_bound(value: Any, bound: Bound | None, key: str) -> Any:
+    """`value` when it (or each number in it, for a list) lies in `bound`; a PeelError otherwise."""
+    if bound is None:
+        return value
+    items = value if isinstance(value, list) else [value]
+    for index, item in enumerate(items):
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and not bound.accepts(item):
+            where = f"{key}[{index}]" if isinstance(value, list) else key
+            kind = "an integer" if isinstance(item, int) else "a number"
+            raise PeelError(f"config key {where!r} got {item!r}; accepted: {kind} {bound}")
+    return value
 
 
 def convert(hint: Any, value: Any, key: str, spec: dataclasses.Field | None = None) -> Any:
@@ -339,8 +402,8 @@ def convert(hint: Any, value: Any, key: str, spec: dataclasses.Field | None = No
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PeelError(f"config key {key!r} got {value!r}; accepted: a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise PeelError(f"config key {key!r} got {value!r}; accepted: a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -373,5 +436,7 @@ def help_lines(section: Any = None, prefix: str = "") -> list[str]:
             lines.extend(help_lines(value, prefix=f"{key}."))
         else:
             shown = yaml.safe_dump(to_dict(value), default_flow_style=True).strip().removesuffix("...").strip()
-            lines.append(f"  {key} = {shown}\n      {spec.metadata.get('help', '')}")
+            bound = spec.metadata.get("bound")
+            accepted = f"  ({bound})" if bound is not None else ""
+            lines.append(f"  {key} = {shown}{accepted}\n      {spec.metadata.get('help', '')}")
     return lines

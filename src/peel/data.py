@@ -7,30 +7,30 @@ from pathlib import Path
 import torch
 
 from peel.config import ChatSource, DataSource
-from peel.errors import PeelError
+from peel.errors import PeelError, reading
 
 # Local file suffix -> the `datasets` builder that reads it.
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+ACCEPTED = "a hub dataset id, a .jsonl / .json / .parquet / .txt file or a folder of one kind of them, or testbed:NAME"
 
 
 def load_rows(path: str, name: str | None, split: str):
-    """A `datasets.Dataset` from a hub id, a local file or folder, or a testbed name."""
+    """A `datasets.Dataset` from a hub id, a local file or folder, or a scenario name (testbed:forget)."""
     import datasets
 
     if path.startswith("testbed:"):
         from peel.testbed import resolve
 
         path = resolve(path)
-    local = Path(path)
+    local = Path(path).expanduser()
     if local.is_file() or local.is_dir():
-        return _load_local(local)
+        with reading(f"dataset {path!r}", ACCEPTED):
+            return _load_local(local)
     if path.startswith((".", "/", "~")) or local.suffix in LOCAL_FORMATS:
-        raise PeelError(f"data file {path!r} does not exist (accepted: a .jsonl/.parquet/.txt file or folder, or a hub id)")
-    try:
+        raise PeelError(f"data file {path!r} does not exist; accepted: {ACCEPTED}")
+    accepted = "a dataset id the hub (or its local cache) has, or " + ACCEPTED.removeprefix("a hub dataset id, ")
+    with reading(f"dataset {path!r} (config {name!r}, split {split!r})", accepted, verb="load"):
         return datasets.load_dataset(path, name=name, split=split)
-    except Exception as error:  # the hub raises many types; all mean "this dataset cannot be had"
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PeelError(f"cannot load dataset {path!r} (config {name!r}, split {split!r}): {message}") from None
 
 
 def _load_local(path: Path):
@@ -45,44 +45,72 @@ def _load_local(path: Path):
             f"data path {str(path)!r} must be one kind of {', '.join(LOCAL_FORMATS)} file "
             f"(or a folder of them), found {[p.name for p in files] or 'nothing'}"
         )
+    if all(p.stat().st_size == 0 for p in files):
+        raise PeelError(f"data path {str(path)!r} is empty; accepted: a file holding at least one text")
     return datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
 
 
-def _select(rows, column: str, count: int, seed: int, where: str) -> list:
-    """`count` non-empty values of `column`, in a seeded random order."""
+def is_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def is_conversation(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(turn, dict) for turn in value)
+
+
+def _select(
+    rows, column: str, count: int | None, seed: int, where: str, required: bool = True, usable=is_text, kind: str = "texts"
+) -> list:
+    """`count` usable values of `column` (all of them when `count` is None), in a seeded random order.
+
+    A corpus with fewer usable values than `count` is an error when the count is `required`
+    (the user asked for it); otherwise it gives all it has and says so. A corpus with none is an
+    error that counts what it found instead.
+    """
     if column not in rows.column_names:
         raise PeelError(f"{where} has no column {column!r}; its columns are {rows.column_names}")
-    values = []
-    for value in rows.shuffle(seed=seed)[column]:
-        if value:
-            values.append(value)
-            if len(values) == count:
-                return values
-    raise PeelError(f"{where} has {len(values)} non-empty examples in column {column!r}; {count} are needed")
-
-
-def load_texts(source: DataSource, num_examples: int, seed: int) -> list[str]:
+    values = rows.shuffle(seed=seed)[column]
+    chosen = [value for value in values if usable(value)][:count]
+    if not chosen:
+        blank = sum(1 for value in values if isinstance(value, str) and not value.strip())
+        other = len(values) - blank
+        raise PeelError(
+            f"{where} holds no usable {kind} in column {column!r}: {len(values)} rows, {blank} empty or blank, "
+            f"{other} of another type; accepted: non-empty {kind}"
+        )
+    if count is not None and len(chosen) < count:
+        message = f"{where} holds {len(chosen)} usable {kind} in column {column!r}"
+        if required:
+            raise PeelError(f"{message}; {count} are asked for; accepted: a count of at most {len(chosen)}")
+        print(f"peel: {message}; using all of them ({count} wanted)")
+    return chosen
+def load_texts(source: DataSource, num_examples: int | None, seed: int, required: bool = True) -> list[str]:
+    """`num_examples` texts of the source (all when None); see `_select` for `required`."""
     rows = load_rows(source.path, source.name, source.split)
-    return _select(rows, source.text_field, num_examples, seed, where=f"dataset {source.path!r}")
+    return _select(rows, source.text_field, num_examples, seed, f"dataset {source.path!r}", required)
 
 
-def load_chat_texts(source: ChatSource, num_examples: int, seed: int, tokenizer) -> list[str]:
+def load_chat_texts(source: ChatSource, num_examples: int, seed: int, tokenizer, required: bool = True) -> list[str]:
     """Conversations rendered with the tokenizer's chat template."""
     if tokenizer.chat_template is None:
         raise PeelError(f"data.chat.path={source.path!r} needs a tokenizer with a chat template; this one has none")
     rows = load_rows(source.path, source.name, source.split)
-    conversations = _select(rows, source.messages_field, num_examples, seed, where=f"dataset {source.path!r}")
+    conversations = _select(
+        rows, source.messages_field, num_examples, seed, f"dataset {source.path!r}", required, is_conversation, "conversations"
+    )
     return [tokenizer.apply_chat_template(messages, tokenize=False) for messages in conversations]
 
 
-def load_retain_texts(retain: DataSource, chat: ChatSource, num_examples: int, seed: int, tokenizer) -> list[str]:
+def load_retain_texts(
+    retain: DataSource, chat: ChatSource, num_examples: int, seed: int, tokenizer, required: bool = True
+) -> list[str]:
     """Retain texts; when chat data is configured, a `chat.fraction` share of them is conversations."""
     if chat.path is None:
-        return load_texts(retain, num_examples, seed)
-    if not 0 <= chat.fraction <= 1:
-        raise PeelError(f"data.chat.fraction={chat.fraction} must be between 0 and 1")
+        return load_texts(retain, num_examples, seed, required)
     chat_count = round(num_examples * chat.fraction)
-    texts = load_texts(retain, num_examples - chat_count, seed) + load_chat_texts(chat, chat_count, seed, tokenizer)
+    texts = load_texts(retain, num_examples - chat_count, seed, required) if chat_count < num_examples else []
+    if chat_count:
+        texts += load_chat_texts(chat, chat_count, seed, tokenizer, required)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
     return [texts[index] for index in order]
 

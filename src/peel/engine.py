@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from peel import checkpoint, distributed, parallel, resume, run_folder
+from peel import checkpoint, distributed, parallel, preemption, resume, run_folder
 from peel.config import Config, save_config
 from peel.data import collate, load_retain_texts, load_texts, tokenize
-from peel.errors import PeelError, RunFailed
+from peel.errors import PeelError, Preempted, RunFailed, first_line
 from peel.filters import GRADIENT_FILTERS
-from peel.models import enable_activation_checkpointing, load_model_and_tokenizer, load_model_config, save_model
+from peel.models import enable_activation_checkpointing, load_model, load_model_config, load_tokenizer, save_model
 from peel.objectives import RETAIN_OBJECTIVES, Batch, forget_backward
 from peel.parallel import full_tensor
 from peel.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set, target_layers
@@ -43,9 +43,17 @@ class Plan:
 
     layers: list[int]
     num_layers: int
+    num_examples: int  # forget (and retain) examples per phase
     accumulation: int  # micro-batches per optimizer step on each process
     examples_per_process: int  # per optimizer step
     steps_per_phase: int
+
+    def describe(self) -> str:
+        return (
+            f"layers {self.layers} of {self.num_layers}; {self.num_examples} forget and retain examples per phase; "
+            f"{self.steps_per_phase} optimizer steps per phase ({self.steps_per_phase * len(self.layers)} in all), "
+            f"{self.accumulation} micro-batch(es) per step on each process"
+        )
 
 
 @dataclass
@@ -64,68 +72,100 @@ class Session:
     bar: tqdm
 
 
-def make_plan(config: Config, num_layers: int, world_size: int) -> Plan:
+def make_plan(config: Config, num_layers: int, world_size: int, num_examples: int) -> Plan:
+    """The run's shape; `num_examples` is what the corpora gave (at most data.num_examples)."""
     train = config.train
     layers = target_layers(config.unlearn.layers, num_layers)
     if config.unlearn.retain_loss == "l2":
         for layer in layers:
             retain_layer_set(config.unlearn.retain_layers, layer, num_layers)
-    for key in ("per_device_batch_size", "global_batch_size", "epochs_per_layer"):
-        if getattr(train, key) < 1:
-            raise PeelError(f"train.{key}={getattr(train, key)} must be a positive integer")
     per_step = train.per_device_batch_size * world_size
     if train.global_batch_size % per_step:
         raise PeelError(
             f"train.global_batch_size={train.global_batch_size} is not a multiple of per_device_batch_size "
             f"({train.per_device_batch_size}) x processes ({world_size}) = {per_step}"
         )
-    steps_per_phase = config.data.num_examples * train.epochs_per_layer // train.global_batch_size
+    steps_per_phase = num_examples * train.epochs_per_layer // train.global_batch_size
     if steps_per_phase < 1:
         raise PeelError(
-            f"data.num_examples={config.data.num_examples} x epochs_per_layer={train.epochs_per_layer} is less than "
-            f"one global batch ({train.global_batch_size}); accepted: at least {train.global_batch_size} examples"
+            f"{num_examples} examples x train.epochs_per_layer={train.epochs_per_layer} is less than one global batch "
+            f"(train.global_batch_size={train.global_batch_size}); accepted: at least {train.global_batch_size} examples per phase"
         )
     return Plan(
         layers=layers,
         num_layers=num_layers,
+        num_examples=num_examples,
         accumulation=train.global_batch_size // per_step,
         examples_per_process=train.global_batch_size // world_size,
         steps_per_phase=steps_per_phase,
     )
 
 
-def unlearn(config: Config, force: bool = False) -> Path:
+@dataclass
+class Prepared:
+    """A run checked from end to end, before any weights load (what --dry-run shows)."""
+
+    plan: Plan
+    folder_state: str  # resume.NEW, RESUME or COMPLETED
+    tokenizer: object
+    forget: list[list[int]]
+    retain: list[list[int]]
+
+
+def prepare(config: Config, force: bool = False) -> Prepared:
+    """Every check that can be made without the model's weights: the output folder, the model's
+    configuration and tokenizer, the corpora, the plan, the evaluation tasks. Writes nothing."""
+    output_dir = run_folder.check_writable(config.output_dir, "output_dir")
+    model = config.model
+    model_config = load_model_config(model.name_or_path, model.revision, model.trust_remote_code)
+    folder_state = resume.folder_state(output_dir, config, force)
+    tokenizer = load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
+    data, seed = config.data, config.train.seed
+    forget = tokenize(load_texts(data.forget, data.num_examples, seed), tokenizer, data.max_length)
+    # Without a count (the default), every forget text is used with as many retain texts as there are.
+    required = data.num_examples is not None
+    retain_texts = load_retain_texts(data.retain, data.chat, len(forget), seed, tokenizer, required)
+    retain = tokenize(retain_texts, tokenizer, data.max_length)
+    num_examples = min(len(forget), len(retain))  # examples are drawn in forget/retain pairs
+    plan = make_plan(config, model_config.num_hidden_layers, distributed.world_size(), num_examples)
+    if config.eval.tasks:
+        from peel.evaluation.harness import manager_for
+
+        manager_for(config.eval.tasks)  # unknown task names fail now, not after training
+    return Prepared(plan, folder_state, tokenizer, forget[:num_examples], retain[:num_examples])
+
+
+def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     """Run every phase of `config`; return the run folder.
 
     On an output_dir that holds this config's run, continue it from its last checkpoint (or do
-    nothing when it completed); `force` starts over instead.
+    nothing when it completed); `force` starts over instead. `dry_run` stops after the checks.
+    Once the run folder exists, a failure marks run.json `failed` with the reason (and the
+    traceback in error.log when the failure was not a known one); a signal from the scheduler
+    stops it after the current step with a checkpoint and run.json `preempted`.
     """
     started = time.time()
     device = distributed.init()
-    output_dir = Path(config.output_dir)
+    output_dir = Path(config.output_dir).expanduser()
 
     # ---- setup: every check before anything is written
-    model_config = load_model_config(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
-    plan = make_plan(config, model_config.num_hidden_layers, distributed.world_size())
-    folder_state = resume.folder_state(output_dir, config, force)
-    if folder_state == resume.COMPLETED:
+    prepared = prepare(config, force)
+    plan = prepared.plan
+    if dry_run or prepared.folder_state == resume.COMPLETED:
         if distributed.is_main():
-            print(f"{output_dir} holds a completed run of this config; nothing to do (--force runs it again)")
+            completed = f"{output_dir} holds a completed run of this config; nothing to do (--force runs it again)"
+            print(f"checked: {plan.describe()}" if dry_run else completed)
         return output_dir
-    model, tokenizer = load_model_and_tokenizer(
+    model = load_model(
         config.model.name_or_path,
         dtype=config.train.dtype,
         attn_implementation=config.model.attn_implementation,
         revision=config.model.revision,
         trust_remote_code=config.model.trust_remote_code,
     )
-    data = config.data
-    forget = tokenize(load_texts(data.forget, data.num_examples, config.train.seed), tokenizer, data.max_length)
-    retain_texts = load_retain_texts(data.retain, data.chat, data.num_examples, config.train.seed, tokenizer)
-    retain = tokenize(retain_texts, tokenizer, data.max_length)
-
+    tokenizer = prepared.tokenizer
     baseline = evaluate_baseline(config, model.to(device), tokenizer)
-    saved = checkpoint.load(output_dir) if folder_state == resume.RESUME else None
+    saved = checkpoint.load(output_dir) if prepared.folder_state == resume.RESUME else None
 
     torch.manual_seed(config.train.seed)  # adapter initialisation
     weights = WEIGHTS[config.unlearn.adapter](model.to(device), config.unlearn.lora)
@@ -141,36 +181,43 @@ def unlearn(config: Config, force: bool = False) -> Path:
         resume.rewind(output_dir, saved)
         run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device))
 
-    # ---- train
     total_steps = plan.steps_per_phase * len(plan.layers)
     bar = tqdm(total=total_steps, initial=start.step, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
-    session = Session(config, plan, weights, parallelism, tokenizer, forget, retain, device, output_dir, bar)
+    session = Session(config, plan, weights, parallelism, tokenizer, prepared.forget, prepared.retain, device, output_dir, bar)
     try:
-        for phase in range(start.phase, len(plan.layers)):
-            resumed = saved if phase == start.phase and start.step_in_phase else None
-            run_phase(session, phase, resumed)
-            checkpoint.save(output_dir, weights, checkpoint.Position(phase + 1, 0, bar.n))
-    except RunFailed as error:
-        if distributed.is_main():
-            record = run_folder.run_record("failed", started, device, error=str(error))
-            run_folder.write_json(output_dir / "run.json", record)
-        raise
-    finally:
+        # ---- train
+        with preemption.stop_on_signals():
+            for phase in range(start.phase, len(plan.layers)):
+                resumed = saved if phase == start.phase and start.step_in_phase else None
+                run_phase(session, phase, resumed)
+                checkpoint.save(output_dir, weights, checkpoint.Position(phase + 1, 0, bar.n))
         bar.close()
 
-    # ---- finish
-    parallelism.release()
-    model = save_results(weights, parallelism, tokenizer, output_dir, config.unlearn.adapter, device)
-    if distributed.is_main():
-        if config.eval.tasks:
-            from peel.evaluation import evaluate_with, write_evaluation
+        # ---- finish: results go to *.partial folders and move into place only once all of them are done
+        parallelism.release()
+        model = save_results(weights, parallelism, tokenizer, output_dir, config.unlearn.adapter, device)
+        if distributed.is_main():
+            if config.eval.tasks:
+                from peel.evaluation import evaluate_with, write_evaluation
 
-            results = evaluate_with(model, tokenizer, config.eval)
-            write_evaluation(output_dir, str(output_dir / "model"), results, baseline)
-        record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers)
-        run_folder.write_json(output_dir / "run.json", record)
-        checkpoint.remove(output_dir)  # model/ holds the result now
-    distributed.barrier()
+                results = evaluate_with(model, tokenizer, config.eval)
+                write_evaluation(output_dir, str(output_dir / "model"), results, baseline)
+            publish_results(output_dir, config.unlearn.adapter)
+            record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers)
+            run_folder.write_json(output_dir / "run.json", record)
+            checkpoint.remove(output_dir)  # model/ holds the result now
+        distributed.barrier()
+    except Preempted:
+        if distributed.is_main():
+            run_folder.write_json(output_dir / "run.json", run_folder.run_record("preempted", started, device, step=bar.n))
+        raise
+    except BaseException as error:
+        log = run_folder.mark_failed(output_dir, error, started, device) if distributed.is_main() else None
+        if log is None:
+            raise  # a known failure (its message says it all), an interruption, or another process's copy
+        raise RunFailed(f"{type(error).__name__}: {first_line(error)}; full traceback in {log}") from error
+    finally:
+        bar.close()
     return output_dir
 
 
@@ -200,7 +247,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
         checkpoint.restore_optimizer(resumed, optimizer, scheduler)
         first_step = resumed["position"]["step_in_phase"]
     retain_layers = retain_layer_set(unlearn.retain_layers, layer, plan.num_layers)
-    order = example_order(config.data.num_examples, train.epochs_per_layer, train.seed, phase)
+    order = example_order(plan.num_examples, train.epochs_per_layer, train.seed, phase)
     vocab = weights.anatomy.unembedding.weight.shape[0]
 
     for step_in_phase in range(first_step, plan.steps_per_phase):
@@ -218,6 +265,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
             weights, session.parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
             forget_coef, retain_coef, plan.examples_per_process,
         )
+        stop = statistics.pop("stop")
         if not (math.isfinite(statistics["forget_loss"]) and math.isfinite(statistics["retain_loss"])):
             raise RunFailed(
                 f"non-finite loss at phase {phase} (layer {layer}) step {step_in_phase}: forget_loss="
@@ -249,8 +297,12 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
         bar.set_description(f"phase {phase + 1}/{len(plan.layers)} (layer {layer})")
         bar.set_postfix(forget=f"{record['forget_loss']:.3f}", retain=f"{record['retain_loss']:.3f}")
         every = train.checkpoint_every
+        position = checkpoint.Position(phase, step_in_phase + 1, record["step"])
+        if stop:
+            # Asked to stop (preemption): keep this step, so the requeued run continues from the next.
+            checkpoint.save(session.output_dir, weights, position, optimizer, scheduler)
+            raise Preempted(f"stopped by {preemption.requested() or 'another process'} after step {record['step']}")
         if every and record["step"] % every == 0 and step_in_phase + 1 < plan.steps_per_phase:  # phase ends save anyway
-            position = checkpoint.Position(phase, step_in_phase + 1, record["step"])
             checkpoint.save(session.output_dir, weights, position, optimizer, scheduler)
 
 
@@ -264,7 +316,7 @@ def compute_gradients(
     across processes (by DDP or FSDP2, in each objective's last backward), then combined by the
     gradient filter; L2-SP is added after the filter (it is a pull toward the original weights,
     not a data gradient to be compared).
-    Returns the step's mean losses and the gradient norms.
+    Returns the step's mean losses, the gradient norms and whether any process was asked to stop.
     """
     scale = 1.0 / examples_per_process  # per-example losses summed: the same step however the batch is split
     forget_losses = backward_each(
@@ -288,10 +340,14 @@ def compute_gradients(
         (unlearn.l2sp_coef * penalty).backward()
         l2sp = float(full_tensor(penalty.detach()))
 
-    means = torch.stack([forget_losses.mean(), retain_losses.mean()]).float()
+    # The stop flag rides with the losses' one reduction, so every process agrees to stop after the
+    # same step (a checkpoint is collective) without another synchronisation.
+    stop_flag = forget_losses.new_tensor(float(preemption.requested() is not None))
+    means = torch.stack([forget_losses.mean(), retain_losses.mean(), stop_flag]).float()
     distributed.all_reduce_mean([means])
-    forget_loss, retain_loss = means.tolist()
+    forget_loss, retain_loss, stop = means.tolist()
     return {
+        "stop": stop > 0,
         "forget_loss": forget_loss,
         "retain_loss": retain_loss,
         "l2sp": l2sp,
@@ -386,7 +442,7 @@ def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:
 
 
 def save_results(weights, parallelism, tokenizer, output_dir: Path, adapter: str, device):
-    """adapter/ (LoRA) and model/ (merged), each written to a temporary folder and moved into place.
+    """adapter.partial/ (LoRA) and model.partial/ (merged): `publish_results` moves them into place.
 
     Every process calls it (under FSDP2 the whole state dict is gathered from the shards); the main
     process writes and gets the merged model back (None elsewhere)."""
@@ -394,16 +450,19 @@ def save_results(weights, parallelism, tokenizer, output_dir: Path, adapter: str
     if not distributed.is_main():
         return None
     if adapter == "lora":
-        partial = output_dir / "adapter.partial"
-        weights.save_adapter(partial)
-        run_folder.replace_folder(partial, output_dir / "adapter")
-    partial = output_dir / "model.partial"
+        weights.save_adapter(output_dir / "adapter.partial")
     model = weights.merged_model()
-    save_model(model, tokenizer, partial, state_dict)
-    run_folder.replace_folder(partial, output_dir / "model")
+    save_model(model, tokenizer, output_dir / "model.partial", state_dict)
     if state_dict is not None:
         # The trained model is spread over all processes; the main process evaluates a whole copy.
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(output_dir / "model", dtype="auto").to(device)
+        model = AutoModelForCausalLM.from_pretrained(output_dir / "model.partial", dtype="auto").to(device)
     return model
+
+
+def publish_results(output_dir: Path, adapter: str) -> None:
+    """Move the finished model (and adapter) into place: a run folder has a model/ only once it completed."""
+    if adapter == "lora":
+        run_folder.replace_folder(output_dir / "adapter.partial", output_dir / "adapter")
+    run_folder.replace_folder(output_dir / "model.partial", output_dir / "model")

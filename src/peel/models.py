@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from peel.errors import PeelError
+from peel.errors import PeelError, reading
 
 # model_type -> (attribute path of the decoder inside the causal LM, layer list name, final norm name).
 # Models not listed are searched for the usual names, see `_search_anatomy`.
@@ -104,19 +104,30 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+MODEL_ACCEPTED = "a hub id, a local save_pretrained folder, or testbed:base / testbed:filtered"
+
+
 def load_model_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     """The model's configuration alone: cheap, so inputs can be checked before weights load."""
     from transformers import AutoConfig
 
     path = resolve_model_path(name_or_path)
-    try:
+    with reading(f"model {name_or_path!r}", MODEL_ACCEPTED, verb="load"):
         return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PeelError(
-            f"cannot load model {name_or_path!r}: {first_line} "
-            "(accepted: a hub id, a local save_pretrained folder, or testbed:base / testbed:filtered)"
-        ) from None
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token (eos when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    with reading(f"the tokenizer of {name_or_path!r}", "a model folder or hub id with tokenizer files"):
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise PeelError(f"the tokenizer of {name_or_path!r} has neither a pad nor an eos token; peel needs one")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model_and_tokenizer(
@@ -127,27 +138,35 @@ def load_model_and_tokenizer(
     trust_remote_code: bool = False,
 ):
     """A causal LM and its tokenizer, with a pad token (eos when the tokenizer has none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    load_model_config(name_or_path, revision, trust_remote_code)  # one clear error for a bad name
+    tokenizer = load_tokenizer(name_or_path, revision, trust_remote_code)
+    return load_model(name_or_path, dtype, attn_implementation, revision, trust_remote_code), tokenizer
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """The causal LM alone, its anatomy checked."""
+    from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise PeelError(f"dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
-    load_model_config(name_or_path, revision, trust_remote_code)  # one clear error for a bad name
     path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise PeelError(f"the tokenizer of {name_or_path!r} has neither a pad nor an eos token; peel needs one")
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=DTYPES[dtype],
-        attn_implementation=attn_implementation,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=None if trust_remote_code else True,
-    )
+    with reading(f"the weights of model {name_or_path!r}", "a folder with config.json and safetensors weights, or a hub id"):
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if trust_remote_code else True,
+        )
     find_anatomy(model)  # unsupported architectures fail here, before any work
-    return model, tokenizer
+    return model
 
 
 def save_model(model: nn.Module, tokenizer, folder: str | Path, state_dict: dict | None = None) -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 import yaml
 
 from peel.config import flatten
-from peel.errors import PeelError
+from peel.errors import PeelError, reading
 from peel.evaluation.records import read_evaluation
 from peel.plots import CHANCE
+from peel.run_folder import read_run_record
 from peel.tamper import read_curve
 
 # Settings a sweep varies inside one table; each becomes a column when it varies (or always, below).
@@ -65,19 +66,12 @@ def read_run(folder: str | Path) -> Run:
     config_path = folder / "config.yaml"
     if not config_path.is_file():
         raise PeelError(f"{str(folder)!r} is not a run folder: it has no config.yaml")
-    try:
+    with reading(str(config_path), "config.yaml as peel writes it"):
         config = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError:
-        raise PeelError(f"{config_path} is not valid YAML") from None
     if not isinstance(config, dict):
         raise PeelError(f"{config_path} must hold a mapping of config sections")
     lines = read_lines(folder / "metrics.jsonl")
-    record = {}
-    if (folder / "run.json").is_file():
-        try:
-            record = json.loads((folder / "run.json").read_text())
-        except json.JSONDecodeError:
-            raise PeelError(f"{folder / 'run.json'} is not valid JSON") from None
+    record = read_run_record(folder)
     return Run(
         name=folder.resolve().name,
         folder=folder,
@@ -94,7 +88,9 @@ def read_lines(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     lines = []
-    for number, text in enumerate(path.read_text().splitlines(), start=1):
+    with reading(str(path), "metrics.jsonl as peel writes it"):
+        text_lines = path.read_text().splitlines()
+    for number, text in enumerate(text_lines, start=1):
         if not text.strip():
             continue
         try:

@@ -10,12 +10,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from peel import checkpoint
+from peel import checkpoint, run_folder
 from peel.config import Config, flatten, load_config, to_dict
 from peel.errors import PeelError
 from peel.evaluation.records import EVAL_FILE
@@ -36,8 +35,7 @@ def folder_state(output_dir: Path, config: Config, force: bool) -> str:
             f"{output_dir} holds a run with a different config ({shown}); "
             "rerun with its config to resume it, pass --force to start it over, or choose another output_dir"
         )
-    run_file = output_dir / "run.json"
-    status = json.loads(run_file.read_text()).get("status") if run_file.exists() else None
+    status = run_folder.read_run_record(output_dir).get("status")
     return COMPLETED if status == "completed" else RESUME
 
 

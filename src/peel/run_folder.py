@@ -13,11 +13,36 @@ import platform
 import resource
 import shutil
 import subprocess
+import tempfile
 import time
+import traceback
 from importlib import metadata
 from pathlib import Path
 
+from peel.errors import PeelError, RunFailed, first_line, reading
+
 PACKAGES = ("peel", "torch", "transformers", "peft", "datasets", "lm_eval")
+
+
+def read_json(path: Path, accepted: str):
+    """The JSON value stored in `path`; a one-line PeelError naming the file when it cannot be had."""
+    with reading(str(path), accepted):
+        text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PeelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); accepted: {accepted}") from None
+
+
+def read_run_record(folder: Path) -> dict:
+    """run.json of a run folder ({} when there is none yet)."""
+    path = Path(folder) / "run.json"
+    if not path.exists():
+        return {}
+    record = read_json(path, "run.json as peel writes it (an object with a status)")
+    if not isinstance(record, dict):
+        raise PeelError(f"{path} is not a run record; accepted: run.json as peel writes it (an object with a status)")
+    return record
 
 
 def write_json(path: Path, value) -> None:
@@ -72,6 +97,51 @@ def run_record(status: str, started: float, device, **extra) -> dict:
         "versions": versions(),
         **extra,
     }
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """`folder` as a Path, once it is known that it is, or can be made, a folder this process
+    writes into. Checked before anything heavy runs; creates nothing (a probe file in the nearest
+    existing folder is removed at once)."""
+    folder = Path(folder).expanduser()
+    accepted = "a folder you can write to, or a path where one can be created"
+    if folder.exists() and not folder.is_dir():
+        raise PeelError(f"{what} {str(folder)!r} is an existing file; accepted: {accepted}")
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PeelError(f"{what} {str(folder)!r} cannot be created: {str(existing)!r} is a file; accepted: {accepted}")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".peel-write-check-")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise PeelError(
+            f"{what} {str(folder)!r} is not writable ({error.strerror} in {str(existing)!r}); accepted: {accepted}"
+        ) from None
+    return folder
+
+
+def remove_partial(folder: Path) -> None:
+    """Drop half-written results (`*.partial` folders, `*.tmp` files) a failed run leaves."""
+    for path in list(folder.glob("*.partial")) + list(folder.glob("*.tmp")):
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def mark_failed(folder: Path, error: BaseException, started: float, device) -> Path | None:
+    """run.json `failed` with the reason, and no half-written results. An unexpected error's
+    traceback is kept in error.log, whose path is returned (None for a known failure)."""
+    remove_partial(folder)
+    log = None
+    reason = first_line(error)
+    if not isinstance(error, (PeelError, RunFailed, KeyboardInterrupt)):
+        log = folder / "error.log"
+        log.write_text("".join(traceback.format_exception(error)))
+        reason = f"{type(error).__name__}: {reason}"
+    extra = {"error": reason} if log is None else {"error": reason, "error_log": str(log)}
+    write_json(folder / "run.json", run_record("failed", started, device, **extra))
+    return log
 
 
 def replace_folder(source: Path, destination: Path) -> None:

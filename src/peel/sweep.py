@@ -13,7 +13,6 @@ run is submitted again and resumes from its checkpoint.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import shutil
 import subprocess
@@ -86,7 +85,7 @@ def plan(config_file: str, overrides: list[str], grid_items: list[str]) -> list[
     if not grid:
         raise PeelError("give at least one --grid dotted.key=value1,value2,...")
     base = load_config(config_file, overrides)
-    sweep_dir = Path(base.output_dir).resolve()
+    sweep_dir = run_folder.check_writable(base.output_dir, "output_dir (the sweep folder)").resolve()
     runs = []
     for values in itertools.product(*(values for _, values in grid)):
         point = [(key, value) for (key, _), value in zip(grid, values)]
@@ -112,7 +111,7 @@ def to_do(runs: list[Run]) -> list[Run]:
     remaining = []
     for run in runs:
         folder_state = resume.folder_state(run.folder, run.config, force=False)  # raises on a different config
-        state, job_id = run_state(run.folder), read_run_record(run.folder).get("job_id")
+        state, job_id = run_state(run.folder), run_folder.read_run_record(run.folder).get("job_id")
         if folder_state == resume.COMPLETED:
             print(f"{run.name}: completed")
         elif state in ("pending", "running") and job_id:
@@ -133,15 +132,10 @@ def write(runs: list[Run]) -> None:
             save_config(run.config, run.folder / "config.yaml")
 
 
-def read_run_record(folder: Path) -> dict:
-    path = folder / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def run_state(folder: Path) -> str:
     """pending (not started), running, completed or failed: what the run folder says, unless
     Slurm says its job is over (the run's jobs are in the sweep folder's jobs/)."""
-    record = read_run_record(folder)
+    record = run_folder.read_run_record(folder)
     state = record.get("status") if record.get("status") in STATES else "pending"
     if state in ("pending", "running") and record.get("job_id") and slurm_job_ended_badly(folder.parent / "jobs", record["job_id"]):
         return "failed"
@@ -154,13 +148,16 @@ def status(sweep_dir: Path) -> list[dict]:
     if not index.exists():
         raise PeelError(f"{sweep_dir} is not a sweep folder (no sweep.json); accepted: the output_dir of a peel sweep")
     rows = []
-    for entry in json.loads(index.read_text())["runs"]:
+    entries = run_folder.read_json(index, "sweep.json as peel sweep writes it")
+    if not isinstance(entries, dict) or not isinstance(entries.get("runs"), list):
+        raise PeelError(f"{index} has no list of runs; accepted: sweep.json as peel sweep writes it")
+    for entry in entries["runs"]:
         folder = sweep_dir / entry["name"]
         metrics = folder / "metrics.jsonl"
         rows.append({
             "run": entry["name"],
             "state": run_state(folder),
-            "job": read_run_record(folder).get("job_id") or "-",
+            "job": run_folder.read_run_record(folder).get("job_id") or "-",
             "steps": metrics.read_text().count("\n") if metrics.exists() else 0,
         })
     return rows
@@ -202,7 +199,7 @@ def run_locally(runs: list[Run]) -> int:
 
 
 def mark_failed(folder: Path, error: str) -> None:
-    record = read_run_record(folder)
+    record = run_folder.read_run_record(folder)
     if record.get("status") != "completed":
         run_folder.write_json(folder / "run.json", {**record, "status": "failed", "error": error})
 

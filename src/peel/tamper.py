@@ -8,7 +8,6 @@ hidden climbs back to the baseline within a few steps.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +15,7 @@ import torch
 
 from peel.config import EvalConfig, TamperConfig
 from peel.errors import PeelError
-from peel.run_folder import write_json
+from peel.run_folder import read_json, write_json
 
 TAMPER_FILE = "tamper.json"
 
@@ -104,7 +103,9 @@ def attack(name_or_path: str, tamper_settings: TamperConfig, evaluation: EvalCon
     model, tokenizer = load_model_and_tokenizer(name_or_path, dtype=dtype)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    texts = load_texts(tamper_settings.data, tamper_settings.num_examples, tamper_settings.seed)
+    # A count the user gave must be there; the default (what the attack reads) takes what there is.
+    required = tamper_settings.num_examples is not None
+    texts = load_texts(tamper_settings.data, attack_examples(tamper_settings), tamper_settings.seed, required)
     examples = tokenize(texts, tokenizer, tamper_settings.max_length)
 
     def measure(current) -> dict[str, float]:
@@ -127,6 +128,13 @@ def attack(name_or_path: str, tamper_settings: TamperConfig, evaluation: EvalCon
     )
 
 
+def attack_examples(settings: TamperConfig) -> int:
+    """tamper.num_examples, or by default as many as the attack reads (each example once)."""
+    if settings.num_examples is not None:
+        return settings.num_examples
+    return max(settings.steps, 1) * settings.per_device_batch_size
+
+
 def write_curve(folder: str | Path, history: list[dict]) -> Path:
     path = Path(folder) / TAMPER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,10 +147,7 @@ def read_curve(folder: str | Path) -> list[dict] | None:
     path = Path(folder) / TAMPER_FILE
     if not path.is_file():
         return None
-    try:
-        history = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise PeelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    history = read_json(path, "tamper.json as peel tamper writes it")
     if not isinstance(history, list) or not all(isinstance(row, dict) and "step" in row for row in history):
         raise PeelError(f"{path} must be a list of {{\"step\": .., \"<task>\": accuracy}} rows")
     return history

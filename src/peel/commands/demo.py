@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, [*args.overrides, f"output_dir={output / 'unlearn'}", "eval.tasks=[]"])
     if not config.model.name_or_path.startswith("testbed:"):
         raise PeelError(f"model.name_or_path={config.model.name_or_path!r}; the demo runs on the testbed (testbed:base)")
+    from peel.run_folder import check_writable
+
+    check_writable(output, "--output-dir")
     output.mkdir(parents=True, exist_ok=True)
     evaluation = config.eval
 

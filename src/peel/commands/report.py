@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from peel.errors import PeelError
+
 HELP = "Render markdown tables and plots from run folders (no model loading)."
 DESCRIPTION = """\
 Read run folders (config.yaml, metrics.jsonl, run.json, eval.json, tamper.json) and write a
@@ -26,9 +28,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from peel.report import draw_plots, read_run, render
+    from peel.run_folder import check_writable
 
-    runs = [read_run(folder) for folder in args.runs]
     output = Path(args.output)
+    if output.is_dir():
+        raise PeelError(f"--output {args.output!r} is a folder; accepted: a markdown file to write, e.g. report.md")
+    check_writable(output.parent, "the folder of --output")
+    runs = [read_run(folder) for folder in args.runs]
     output.parent.mkdir(parents=True, exist_ok=True)
     links = draw_plots(runs, output.parent / f"{output.stem}_plots", relative_to=output.parent)
     output.write_text(render(runs, links))

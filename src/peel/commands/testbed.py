@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
         raise PeelError(f"--steps got {steps}; accepted: a positive integer")
     if args.entities < 2:
         raise PeelError(f"--entities got {args.entities}; accepted: an integer of at least 2 (parts A and B)")
+    from peel.run_folder import check_writable
+
+    check_writable(args.output_dir, "--output-dir")
     summary = build_testbed(args.output_dir, seed=args.seed, steps=steps,
                             entities_per_domain=args.entities, parallel=not args.sequential)
     print(f"testbed built in {summary['wall_seconds']:.0f}s: {args.output_dir}")

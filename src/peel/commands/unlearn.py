@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file (see configs/).")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted config overrides.")
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Check everything that can be checked without training (config, output folder, model config, "
+        "tokenizer, data, plan, tasks), print the plan, and write nothing.",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="Start over in an output_dir that holds a run (without it, the same config resumes "
@@ -35,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from peel.engine import unlearn
 
     config = load_config(args.config, args.overrides)
-    output_dir = unlearn(config, force=args.force)
-    if distributed.is_main():
+    output_dir = unlearn(config, force=args.force, dry_run=args.dry_run)
+    if distributed.is_main() and not args.dry_run:
         print(f"run folder: {output_dir}")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peel.errors import PeelError
+from peel.errors import PeelError, reading
 
 REQUIRED_FIELDS = {"prompt": str, "choices": list, "answer": int}
 
@@ -21,7 +21,9 @@ def read_multiple_choice(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise PeelError(f"multiple-choice file {str(path)!r} does not exist")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    with reading(f"multiple-choice file {str(path)!r}", "UTF-8 JSONL"):
+        lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

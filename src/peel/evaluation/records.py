@@ -6,11 +6,10 @@ Format: the dict `evaluate` returns plus "model" (what was evaluated) and, when 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from peel.errors import PeelError
-from peel.run_folder import write_json
+from peel.run_folder import read_json, write_json
 
 EVAL_FILE = "eval.json"
 
@@ -30,10 +29,7 @@ def read_evaluation(folder: str | Path) -> dict | None:
     path = Path(folder) / EVAL_FILE
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise PeelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    record = read_json(path, "eval.json as peel eval writes it")
     if not isinstance(record, dict) or not isinstance(record.get("accuracy"), dict):
         raise PeelError(f"{path} has no 'accuracy' mapping; was it written by peel eval?")
     return record

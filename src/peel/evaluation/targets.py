@@ -30,10 +30,13 @@ def resolve_target(target: str, overrides: list[str]) -> Target:
 
 
 def output_folder(target: Target, output_dir: str | None, command: str) -> Path:
+    """Where the command writes, checked writable before any model loads."""
+    from peel.run_folder import check_writable
+
     if output_dir is not None:
-        return Path(output_dir)
+        return check_writable(output_dir, "--output-dir")
     if target.run_folder is not None:
-        return target.run_folder
+        return check_writable(target.run_folder, "run folder")
     raise PeelError(f"peel {command} on a model folder or hub id needs --output-dir (only run folders have a home)")
 
 
