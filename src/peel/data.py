@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -24,13 +25,31 @@ def load_rows(path: str, name: str | None, split: str):
         path = resolve(path)
     local = Path(path).expanduser()
     if local.is_file() or local.is_dir():
-        with reading(f"dataset {path!r}", ACCEPTED):
+        with reading(f"dataset {path!r}", ACCEPTED), quietly():
             return _load_local(local)
     if path.startswith((".", "/", "~")) or local.suffix in LOCAL_FORMATS:
         raise PeelError(f"data file {path!r} does not exist; accepted: {ACCEPTED}")
     accepted = "a dataset id the hub (or its local cache) has, or " + ACCEPTED.removeprefix("a hub dataset id, ")
     with reading(f"dataset {path!r} (config {name!r}, split {split!r})", accepted, verb="load"):
         return datasets.load_dataset(path, name=name, split=split)
+
+
+@contextlib.contextmanager
+def quietly():
+    """Local files load in moments: their progress bars would only be noise (hub downloads keep
+    theirs), and a broken file's error is peel's one line, not also `datasets`' log of it."""
+    import datasets
+
+    was_enabled = not datasets.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if was_enabled:
+            datasets.enable_progress_bars()
 
 
 def _load_local(path: Path):

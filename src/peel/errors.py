@@ -45,6 +45,17 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(error).__name__
 
 
+def explain(error: BaseException) -> str:
+    """`first_line`, followed by the root cause's where a library wrapped it in a vaguer error
+    ("An error occurred while generating the dataset" -> "... (JSON parse error in row 1)")."""
+    message = first_line(error)
+    cause = error
+    while cause.__cause__ is not None or (cause.__context__ is not None and not cause.__suppress_context__):
+        cause = cause.__cause__ or cause.__context__
+    root = first_line(cause)
+    return message if cause is error or root in message else f"{message} ({root})"
+
+
 @contextlib.contextmanager
 def reading(what: str, accepted: str, verb: str = "read") -> Iterator[None]:
     """Turn any failure inside the block into a PeelError about `what` (e.g. "dataset 'x.jsonl'").
@@ -57,4 +68,4 @@ def reading(what: str, accepted: str, verb: str = "read") -> Iterator[None]:
     except PeelError:
         raise
     except Exception as error:
-        raise PeelError(f"cannot {verb} {what}: {first_line(error)}; accepted: {accepted}") from None
+        raise PeelError(f"cannot {verb} {what}: {explain(error)}; accepted: {accepted}") from None

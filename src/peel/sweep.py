@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,9 @@ from peel import distributed, resume, run_folder
 from peel.config import Config, load_config, save_config
 from peel.errors import PeelError, RunFailed
 
-STATES = ("pending", "running", "completed", "failed")
+STATES = ("pending", "running", "preempted", "completed", "failed")
+# States in which a submitted job still owns its run (a preempted job is requeued by Slurm).
+UNDER_WAY = ("pending", "running", "preempted")
 
 
 @dataclass
@@ -114,7 +118,7 @@ def to_do(runs: list[Run]) -> list[Run]:
         state, job_id = run_state(run.folder), run_folder.read_run_record(run.folder).get("job_id")
         if folder_state == resume.COMPLETED:
             print(f"{run.name}: completed")
-        elif state in ("pending", "running") and job_id:
+        elif state in UNDER_WAY and job_id:
             print(f"{run.name}: {state} as job {job_id}, not started again")
         else:
             remaining.append(run)
@@ -137,7 +141,7 @@ def run_state(folder: Path) -> str:
     Slurm says its job is over (the run's jobs are in the sweep folder's jobs/)."""
     record = run_folder.read_run_record(folder)
     state = record.get("status") if record.get("status") in STATES else "pending"
-    if state in ("pending", "running") and record.get("job_id") and slurm_job_ended_badly(folder.parent / "jobs", record["job_id"]):
+    if state in UNDER_WAY and record.get("job_id") and slurm_job_ended_badly(folder.parent / "jobs", record["job_id"]):
         return "failed"
     return state
 
@@ -274,17 +278,26 @@ def submit(runs: list[Run], executor, nproc_per_node: int) -> list:
     return jobs
 
 
+# torchrun passes these signals on to its workers (by default SIGUSR1/2 would kill it instead), and
+# waits this long for them to finish their step and write a checkpoint before it kills them.
+TORCHRUN_SIGNAL_OPTIONS = {"signals_to_handle": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2", "shutdown_timeout": "80"}
+_running: dict[str, subprocess.Popen] = {}  # the job's torchrun process (a Popen does not pickle with the job)
+
+
 @dataclass
 class TorchrunJob:
     """One run as a job: torchrun across the job's nodes and GPUs, running `peel unlearn` on the run's config.
 
-    Preempted or out of time, submitit calls `checkpoint`, which requeues the same job; the run
-    continues from its last checkpoint. A job that ends badly marks its run failed.
+    Preempted or out of time, Slurm signals the job and submitit calls `checkpoint`: it passes the
+    signal on to torchrun, waits (up to `grace_seconds`, inside Slurm's warning time) while the
+    workers finish their step and write a checkpoint, then requeues the same job, which continues
+    at the next step. A job that ends badly marks its run failed.
     """
 
     config_file: str
     nproc_per_node: int
     working_dir: str
+    grace_seconds: float = 80.0
 
     def __call__(self) -> None:
         import submitit
@@ -292,16 +305,29 @@ class TorchrunJob:
         environment = submitit.JobEnvironment()
         main_host = environment.hostnames[0] if environment.num_nodes > 1 else "localhost"
         command = torchrun_command(self.config_file, self.nproc_per_node, environment.num_nodes, main_host, str(environment.job_id))
-        result = subprocess.run(command, cwd=self.working_dir)
-        if result.returncode != 0:
-            if environment.global_rank == 0:
-                error = f"peel unlearn exited with status {result.returncode}; its output: {environment.paths.stderr}"
-                mark_failed(Path(self.config_file).parent, error)
-            raise RuntimeError(f"peel unlearn exited with status {result.returncode}")
+        process = subprocess.Popen(command, cwd=self.working_dir)
+        _running["torchrun"] = process
+        # Poll rather than block in wait(): submitit's signal handler runs on this thread and calls
+        # `checkpoint`, whose own wait for the process would stall behind a blocked wait() here.
+        while (returncode := process.poll()) is None:
+            time.sleep(1)
+        if returncode != 0:
+            folder = Path(self.config_file).parent
+            if environment.global_rank == 0 and run_folder.read_run_record(folder).get("status") != "preempted":
+                error = f"peel unlearn exited with status {returncode}; its output: {environment.paths.stderr}"
+                mark_failed(folder, error)
+            raise RuntimeError(f"peel unlearn exited with status {returncode}")
 
     def checkpoint(self, *args, **kwargs):
         from submitit.helpers import DelayedSubmission
 
+        process = _running.get("torchrun")
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGUSR1)  # the scheduler may have signalled this process alone
+            try:
+                process.wait(timeout=self.grace_seconds)
+            except subprocess.TimeoutExpired:
+                pass  # requeue anyway: the run continues from its last periodic checkpoint
         return DelayedSubmission(self)
 
 
@@ -312,4 +338,14 @@ def torchrun_command(config_file: str, nproc_per_node: int, num_nodes: int, main
     else:
         port = 29400 + int(re.sub(r"\D", "", job_id) or 0) % 1000  # jobs sharing a node get different ports
         launcher += [f"--nnodes={num_nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={main_host}:{port}", f"--rdzv_id={job_id}"]
-    return [*launcher, "-m", "peel", "unlearn", config_file]
+    return [*launcher, *torchrun_signal_options(), "-m", "peel", "unlearn", config_file]
+
+
+def torchrun_signal_options() -> list[str]:
+    """TORCHRUN_SIGNAL_OPTIONS as torchrun flags, those this torch's launcher knows (torch 2.8 and newer)."""
+    import dataclasses
+
+    from torch.distributed.launcher.api import LaunchConfig
+
+    known = {field.name for field in dataclasses.fields(LaunchConfig)}
+    return [f"--{name}={value}" for name, value in TORCHRUN_SIGNAL_OPTIONS.items() if name in known]

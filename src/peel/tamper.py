@@ -96,17 +96,22 @@ def attack(name_or_path: str, tamper_settings: TamperConfig, evaluation: EvalCon
     """Load `name_or_path` and its attack data, run `tamper`, and return the accuracy curve."""
     from peel.data import load_texts, tokenize
     from peel.evaluation import evaluate
-    from peel.models import load_model_and_tokenizer
+    from peel.evaluation.harness import manager_for
+    from peel.models import load_model, load_model_config, load_tokenizer
 
     if not tamper_settings.tasks:
         raise PeelError("tamper.tasks is empty; accepted: a list of tasks such as [wmdp_bio_robust]")
-    model, tokenizer = load_model_and_tokenizer(name_or_path, dtype=dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    # Everything that can be wrong with the inputs is found before the weights load.
+    manager_for(tamper_settings.tasks)
+    load_model_config(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
     # A count the user gave must be there; the default (what the attack reads) takes what there is.
     required = tamper_settings.num_examples is not None
     texts = load_texts(tamper_settings.data, attack_examples(tamper_settings), tamper_settings.seed, required)
     examples = tokenize(texts, tokenizer, tamper_settings.max_length)
+    model = load_model(name_or_path, dtype=dtype)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
 
     def measure(current) -> dict[str, float]:
         results = evaluate(

@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if not settings.tasks:
         raise PeelError("no tasks to evaluate; pass --tasks wmdp_bio_robust,mmlu or eval.tasks=[...]")
 
+    from peel.evaluation.harness import manager_for
+
+    manager_for(settings.tasks)  # unknown task names fail before any model loads
+
     def evaluate_folder(name: str) -> dict:
         from peel.evaluation.targets import Target
 
