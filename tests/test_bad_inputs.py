@@ -125,6 +125,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("layer step 0", lambda w: unlearn(w, "unlearn.layers.step=0"), "'unlearn.layers.step' got 0"),
     ("negative layer", lambda w: unlearn(w, "unlearn.layers=[3, -1]"), "'unlearn.layers[1]' got -1"),
     ("layer past the model", lambda w: unlearn(w, "unlearn.layers=[9]"), "layer 9; the model has layers 0..3"),
+    ("retain layer past the model", lambda w: unlearn(w, "unlearn.retain_layers=[7]"), "retain_layers contains layer 7"),
+    ("rank as a word", lambda w: unlearn(w, "unlearn.lora.rank=two"), "'unlearn.lora.rank' got 'two'; accepted: an integer"),
     ("unknown dtype", lambda w: unlearn(w, "train.dtype=float8"), "'train.dtype' got 'float8'"),
     ("unknown key", lambda w: unlearn(w, "train.learning_rate=1"), "unknown config key 'train.learning_rate'"),
     ("batch not a multiple", lambda w: unlearn(w, "train.global_batch_size=6"), "global_batch_size=6 is not a multiple"),
@@ -256,7 +258,8 @@ def test_default_tamper_examples_fit_the_shipped_corpus(tmp_path, capsys):
     """`peel tamper testbed:base tamper.data.path=testbed:tamper` once failed: 512 examples asked
     of a 300-text corpus. The default now reads what the attack uses, taking what there is."""
     status = main(["tamper", "testbed:base", "--output-dir", str(tmp_path), "tamper.data.path=testbed:tamper",
-                   "tamper.tasks=[testbed_forget]", "tamper.steps=80", "tamper.eval_every=80", "eval.limit=8"])
+                   "tamper.tasks=[testbed_forget]", "tamper.steps=40", "tamper.per_device_batch_size=8",
+                   "tamper.max_length=32", "tamper.eval_every=40", "eval.limit=8"])
     output = capsys.readouterr()
     assert status == 0, output.err
     assert "holds 300 usable texts in column 'text'; using all of them (320 wanted)" in output.out

@@ -129,30 +129,6 @@ def test_non_finite_loss_fails_the_run(tiny_models, corpora, tmp_path):
     assert not (tmp_path / "run" / "model").exists()
 
 
-BAD_INPUTS = [
-    (["data.forget.path=/nonexistent/forget.jsonl"], "data file '/nonexistent/forget.jsonl' does not exist"),
-    (["unlearn.layers=[4]"], "layer 4; the model has layers 0..3"),
-    (["unlearn.layers=[3, 1]", "unlearn.retain_layers=[7]"], "retain_layers contains layer 7"),
-    (["train.global_batch_size=6"], "global_batch_size=6 is not a multiple"),
-    (["data.num_examples=1000"], "holds 64 usable texts in column 'text'; 1000 are asked for"),
-    (["data.forget.text_field=body"], "has no column 'body'"),
-    (["unlearn.lora.rank=two"], "'unlearn.lora.rank' got 'two'; accepted: an integer"),
-    (["unlearn.typo=1"], "unknown config key 'unlearn.typo'"),
-    (["model.name_or_path=/nonexistent/model"], "cannot load model '/nonexistent/model'"),
-]
-
-
-@pytest.mark.parametrize("extra, message", BAD_INPUTS)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_models, corpora, tmp_path, extra, message):
-    output_dir = tmp_path / "run"
-    result = cli(tmp_path, [*overrides(tiny_models["gpt_neox"], corpora, output_dir), *extra])
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("peel unlearn: error:") and message in lines[-1], result.stderr
-    assert "Traceback" not in result.stderr
-    assert not output_dir.exists()
-
-
 def test_unsupported_and_empty_inputs(tmp_path, tiny_models):
     from peel.data import load_texts
     from peel.config import DataSource
