@@ -211,3 +211,19 @@ def test_a_preempted_sweep_job_checkpoints_and_is_requeued(tiny_models, corpora,
     assert [record["step"] for record in metrics(folder)] == list(range(1, 33))
     log = Path(job.paths.stdout).read_text() + Path(job.paths.stderr).read_text()
     assert f"after step {stopped_at}" in log and "Requeued" in log
+
+
+def test_a_run_whose_folder_disappears_reports_its_own_error(tiny_models, corpora, tmp_path, monkeypatch):
+    """Recording a failure must not hide it: with the run folder gone, the original error is raised."""
+    import shutil
+
+    folder = tmp_path / "run"
+    config = load_config(None, settings(tiny_models["gpt_neox"], corpora, folder))
+
+    def folder_removed(*args, **kwargs):
+        shutil.rmtree(folder)
+        raise ValueError("the error that matters")
+
+    monkeypatch.setattr(engine, "save_model", folder_removed)
+    with pytest.raises(ValueError, match="the error that matters"):
+        unlearn(config)

@@ -131,16 +131,20 @@ def remove_partial(folder: Path) -> None:
 
 def mark_failed(folder: Path, error: BaseException, started: float, device) -> Path | None:
     """run.json `failed` with the reason, and no half-written results. An unexpected error's
-    traceback is kept in error.log, whose path is returned (None for a known failure)."""
-    remove_partial(folder)
+    traceback is kept in error.log, whose path is returned (None for a known failure, or when the
+    folder itself cannot be written: the original error is then what the caller reports)."""
     log = None
     reason = first_line(error)
-    if not isinstance(error, (PeelError, RunFailed, KeyboardInterrupt)):
-        log = folder / "error.log"
-        log.write_text("".join(traceback.format_exception(error)))
-        reason = f"{type(error).__name__}: {reason}"
-    extra = {"error": reason} if log is None else {"error": reason, "error_log": str(log)}
-    write_json(folder / "run.json", run_record("failed", started, device, **extra))
+    try:
+        remove_partial(folder)
+        if not isinstance(error, (PeelError, RunFailed, KeyboardInterrupt)):
+            log = folder / "error.log"
+            log.write_text("".join(traceback.format_exception(error)))
+            reason = f"{type(error).__name__}: {reason}"
+        extra = {"error": reason} if log is None else {"error": reason, "error_log": str(log)}
+        write_json(folder / "run.json", run_record("failed", started, device, **extra))
+    except OSError:
+        return None  # the folder went away or the disk is full: nothing more can be recorded there
     return log
 
 
