@@ -225,8 +225,8 @@ def start(settings: TrackConfig, config: dict, folder: Path, continuing: bool) -
     `continuing` (a resumed run, or peel tamper adding to a run): the tracked runs in the folder's
     tracking.json go on, and the steps they were given are not given again; metrics.jsonl says
     which, so call this before it is cut back to the checkpoint. Otherwise new tracked runs start.
-    `config` is the resolved config, logged once per tracked run. `track.name` defaults to the folder's name, `track.group` to the sweep
-    it belongs to.
+    `config` is the resolved config, logged once per tracked run. `track.name` defaults to the
+    folder's name, `track.group` to the sweep it belongs to.
     """
     if not settings.to:
         return NOT_TRACKED
