@@ -95,13 +95,22 @@ def test_full_fine_tuning_with_fsdp2_matches_one_process(tiny_models, corpora, t
     monkeypatch.setitem(testbed.MC_FILES, "testbed_forget", str(fixtures / "forget_mc.jsonl"))
     monkeypatch.setitem(testbed.MC_FILES, "testbed_retain", str(fixtures / "retain_mc.jsonl"))
     evaluation = ["eval.tasks=[testbed_forget, testbed_retain]", "eval.every_phase=true", "eval.batch_size=4"]
-    one, two = run_both_ways(tiny_models["llama"], corpora, tmp_path, "unlearn.adapter=full", "unlearn.l2sp_coef=0.1", *evaluation)
+    one, two = run_both_ways(tiny_models["llama"], corpora, tmp_path, "unlearn.adapter=full", "unlearn.l2sp_coef=0.1",
+                             "track.to=[tensorboard]", *evaluation)
     assert_same_run(one, two)
     records_one, records_two = one[0], two[0]
     assert [r.get("eval") for r in records_two] == [r.get("eval") for r in records_one]
     assert records_two[1]["eval"].keys() == {"testbed_forget", "testbed_retain"}
     accuracy = [json.loads((tmp_path / name / "eval.json").read_text())["accuracy"] for name in ("one", "two")]
     assert accuracy[0] == accuracy[1]
+    # Only the main process tracks: one event file, each step once, the accuracies it alone has.
+    from tensorboard.backend.event_processing import event_accumulator
+
+    assert len(list((tmp_path / "two" / "tensorboard").glob("events.*"))) == 1
+    events = event_accumulator.EventAccumulator(str(tmp_path / "two" / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("forget_loss")] == [1, 2, 3, 4]
+    assert [event.step for event in events.Scalars("eval/testbed_forget")] == [2, 4]
     # Per-layer freezing held under sharding: only the two target layers moved.
     original = load_file(tiny_models["llama"] / "model.safetensors")
     _, weights = two

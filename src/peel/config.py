@@ -214,6 +214,17 @@ class TamperConfig:
 
 
 @dataclass
+class TrackConfig:
+    to: list[Literal["wandb", "trackio", "tensorboard"]] = option(
+        [], "Experiment trackers that follow the run as it goes: any of wandb, trackio, tensorboard (each needs "
+        "pip install 'peel[NAME]'); [] = none."
+    )
+    project: str = option("peel", "Tracker project (wandb, trackio); TensorBoard writes into the run folder's tensorboard/.")
+    name: str | None = option(None, "Run name in the trackers; null = the run folder's name.")
+    group: str | None = option(None, "Run group in the trackers; null = the sweep folder's name for a peel sweep's runs, none otherwise.")
+
+
+@dataclass
 class Config:
     model: ModelConfig = option(ModelConfig(), "The model to unlearn.")
     data: DataConfig = option(DataConfig(), "Forget and retain corpora.")
@@ -221,6 +232,7 @@ class Config:
     train: TrainConfig = option(TrainConfig(), "Optimisation.")
     eval: EvalConfig = option(EvalConfig(), "Evaluation with lm-eval-harness.")
     tamper: TamperConfig = option(TamperConfig(), "The fine-tuning (tampering) attack.")
+    track: TrackConfig = option(TrackConfig(), "Live experiment tracking (wandb, trackio, TensorBoard).")
     output_dir: str = option("runs/default", "The run folder.")
     notes: str = option("", "Free text shown in the Notes column of reports.")
 
@@ -303,12 +315,12 @@ def to_dict(config: Any) -> Any:
     return config
 
 
-def flatten(values: dict, prefix: str = "", leaves: tuple[str, ...] = ()) -> dict:
+def flatten(values: dict, prefix: str = "", leaves: tuple[str, ...] = (), separator: str = ".") -> dict:
     """`{"train": {"lr": 1}}` -> `{"train.lr": 1}`; mappings under a key in `leaves` stay whole."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict) and key not in leaves:
-            flat.update(flatten(value, f"{prefix}{key}.", leaves))
+            flat.update(flatten(value, f"{prefix}{key}{separator}", leaves, separator))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

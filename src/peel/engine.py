@@ -1,6 +1,6 @@
 """Sequential back-to-front unlearning: the phase loop, readable top to bottom.
 
-    setup    check every input (planning.py), load the model, open the run folder
+    setup    check every input (planning.py), load the model, open the run folder and the trackers
     train    for each target layer L (a phase): for each optimizer step:
                forget: probe (current layers <= L, original layers > L) -> maximum entropy
                retain: keep hidden states / logits near the original on retain data
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from peel import checkpoint, distributed, parallel, preemption, resume, run_folder
-from peel.config import Config, save_config
+from peel import checkpoint, distributed, parallel, preemption, resume, run_folder, tracking
+from peel.config import Config, save_config, to_dict
 from peel.data import collate
 from peel.errors import Preempted, RunFailed, first_line
 from peel.filters import GRADIENT_FILTERS
@@ -52,6 +52,7 @@ class Session:
     device: torch.device
     output_dir: Path
     bar: tqdm
+    tracker: tracking.Tracking  # wandb / trackio / TensorBoard, as track.to asks (main process only)
 
 
 def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
@@ -93,16 +94,19 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     parallelism = parallel.wrap(weights, config.unlearn.adapter)  # under torchrun: DDP (LoRA) or FSDP2 (full)
     start = checkpoint.restore(saved, weights, plan.layers)
 
+    tracker = tracking.NOT_TRACKED
     distributed.barrier()  # every process has read the folder before the main process changes it
     if distributed.is_main():
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
+        # Before the rewind: metrics.jsonl still says which steps the trackers were given.
+        tracker = tracking.start(config.track, to_dict(config), output_dir, prepared.folder_state == resume.RESUME)
         resume.rewind(output_dir, saved)
         run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device))
 
     total_steps = plan.steps_per_phase * len(plan.layers)
     bar = tqdm(total=total_steps, initial=start.step, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
-    session = Session(config, plan, weights, parallelism, tokenizer, prepared.forget, prepared.retain, device, output_dir, bar)
+    session = Session(config, plan, weights, parallelism, tokenizer, prepared.forget, prepared.retain, device, output_dir, bar, tracker)
     try:
         # ---- train
         with preemption.stop_on_signals():
@@ -137,6 +141,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         raise RunFailed(f"{type(error).__name__}: {first_line(error)}; full traceback in {log}") from error
     finally:
         bar.close()
+        tracker.finish()  # run.json (and eval.json) as they were left: the run's summary
     return output_dir
 
 
@@ -212,6 +217,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
             record["eval"] = evaluate_model(weights.model, session.tokenizer, config.eval)
         if distributed.is_main():
             run_folder.append_jsonl(session.output_dir / "metrics.jsonl", record)
+            session.tracker.log(record)
         bar.update(1)
         bar.set_description(f"phase {phase + 1}/{len(plan.layers)} (layer {layer})")
         bar.set_postfix(forget=f"{record['forget_loss']:.3f}", retain=f"{record['retain_loss']:.3f}")

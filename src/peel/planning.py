@@ -1,16 +1,16 @@
 """Setup before training: every check that needs no model weights, and the run's shape.
 
-`prepare` is what `peel unlearn --dry-run` runs: the output folder, the model's configuration
-and tokenizer, the corpora, the plan (layers, examples, steps, accumulation) and the evaluation
-tasks are all checked here, so a bad input fails in seconds, before weights load or a run
-folder is written.
+`prepare` is what `peel unlearn --dry-run` runs: the output folder, the trackers' libraries, the
+model's configuration and tokenizer, the corpora, the plan (layers, examples, steps,
+accumulation) and the evaluation tasks are all checked here, so a bad input fails in seconds,
+before weights load or a run folder is written.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peel import distributed, resume, run_folder
+from peel import distributed, resume, run_folder, tracking
 from peel.config import Config
 from peel.data import load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError
@@ -84,9 +84,11 @@ class Prepared:
 
 
 def prepare(config: Config, force: bool = False) -> Prepared:
-    """Every check that can be made without the model's weights: the output folder, the model's
-    configuration and tokenizer, the corpora, the plan, the evaluation tasks. Writes nothing."""
+    """Every check that can be made without the model's weights: the output folder, the trackers'
+    libraries, the model's configuration and tokenizer, the corpora, the plan, the evaluation
+    tasks. Writes nothing."""
     output_dir = run_folder.check_writable(config.output_dir, "output_dir")
+    tracking.check(config.track.to)
     model = config.model
     model_config = load_model_config(model.name_or_path, model.revision, model.trust_remote_code)
     check_layers(config, model_config.num_hidden_layers)  # cheap, so before the corpora load

@@ -36,8 +36,9 @@ SWEPT = {
     "unlearn.layers": "layers",
 }
 ALWAYS_SHOWN = ("unlearn.remove_coef", "unlearn.retain_coef", "train.lr")
-# Settings that never split families: where results went, what they are called, how they are checked.
-IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "train.checkpoint_every")
+# Settings that never split families: where results went, what they are called, how they are checked,
+# where they are watched.
+IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "train.checkpoint_every")
 # Settings named in a family's title, in this order.
 TITLE_KEYS = ("unlearn.adapter", "unlearn.forget_loss", "unlearn.retain_loss", "unlearn.retain_layers",
               "unlearn.grad_filter", "unlearn.retain_ramp")

@@ -2,7 +2,9 @@
 
 - A completed run is not run again.
 - A folder whose config.yaml differs from the config given is refused (one line naming the
-  differences), unless `force`: then the run starts over in that folder, and the results of the
+  differences; `track.*` does not count: where a run is watched does not change what it
+  computes, so a run resumes under new tracking settings, which config.yaml then holds), unless
+  `force`: then the run starts over in that folder, and the results of the
   old run (model, adapter, evaluation, tamper curve) are removed with its checkpoint.
 - Otherwise the run continues from the folder's checkpoint, or starts over when there is none;
   metrics.jsonl is cut back to the checkpoint so every step appears in it exactly once.
@@ -39,10 +41,17 @@ def folder_state(output_dir: Path, config: Config, force: bool) -> str:
     return COMPLETED if status == "completed" else RESUME
 
 
+# Keys a run may change between its starts.
+UNCOMPARED_PREFIXES = ("track.",)
+
+
 def config_differences(saved: Config, given: Config) -> list[str]:
-    """`key: saved -> given` for every leaf key whose value differs."""
+    """`key: saved -> given` for every compared leaf key whose value differs."""
     before, after = flatten(to_dict(saved)), flatten(to_dict(given))
-    keys = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+    keys = sorted(
+        key for key in before.keys() | after.keys()
+        if before.get(key) != after.get(key) and not key.startswith(UNCOMPARED_PREFIXES)
+    )
     return [f"{key}: {before.get(key)!r} in the folder, {after.get(key)!r} now" for key in keys]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from peel.errors import PeelError, RunFailed, first_line, reading
 
 PACKAGES = ("peel", "torch", "transformers", "peft", "datasets", "lm_eval")
+SWEEP_FILE = "sweep.json"  # in a sweep folder: the runs (folders beside it) and their swept values
 
 
 def read_json(path: Path, accepted: str):
@@ -43,6 +44,17 @@ def read_run_record(folder: Path) -> dict:
     if not isinstance(record, dict):
         raise PeelError(f"{path} is not a run record; accepted: run.json as peel writes it (an object with a status)")
     return record
+
+
+def sweep_of(folder: Path) -> str | None:
+    """The name of the sweep whose run `folder` is (its parent's sweep.json lists it), or None."""
+    index = Path(folder).absolute().parent / SWEEP_FILE
+    if not index.is_file():
+        return None
+    entries = read_json(index, "sweep.json as peel sweep writes it")
+    runs = entries.get("runs") if isinstance(entries, dict) else None
+    listed = isinstance(runs, list) and any(isinstance(run, dict) and run.get("name") == Path(folder).name for run in runs)
+    return index.parent.name if listed else None
 
 
 def write_json(path: Path, value) -> None:

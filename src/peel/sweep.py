@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from peel import distributed, resume, run_folder
+from peel import distributed, resume, run_folder, tracking
 from peel.config import Config, load_config, save_config
 from peel.errors import PeelError, RunFailed
 
@@ -90,6 +90,7 @@ def plan(config_file: str, overrides: list[str], grid_items: list[str]) -> list[
         raise PeelError("give at least one --grid dotted.key=value1,value2,...")
     base = load_config(config_file, overrides)
     sweep_dir = run_folder.check_writable(base.output_dir, "output_dir (the sweep folder)").resolve()
+    tracking.check(base.track.to)  # here, not in each job
     runs = []
     for values in itertools.product(*(values for _, values in grid)):
         point = [(key, value) for (key, _), value in zip(grid, values)]
@@ -129,7 +130,7 @@ def write(runs: list[Run]) -> None:
     """sweep.json (the runs and their swept values) and each run's config.yaml."""
     sweep_dir = runs[0].folder.parent
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    run_folder.write_json(sweep_dir / "sweep.json", {"runs": [{"name": run.name, "overrides": run.overrides} for run in runs]})
+    run_folder.write_json(sweep_dir / run_folder.SWEEP_FILE, {"runs": [{"name": run.name, "overrides": run.overrides} for run in runs]})
     for run in runs:
         run.folder.mkdir(exist_ok=True)
         if not (run.folder / "config.yaml").exists():
@@ -148,7 +149,7 @@ def run_state(folder: Path) -> str:
 
 def status(sweep_dir: Path) -> list[dict]:
     """One row per run of the sweep in `sweep_dir`: name, state, job id, steps written."""
-    index = sweep_dir / "sweep.json"
+    index = sweep_dir / run_folder.SWEEP_FILE
     if not index.exists():
         raise PeelError(f"{sweep_dir} is not a sweep folder (no sweep.json); accepted: the output_dir of a peel sweep")
     rows = []

@@ -19,6 +19,8 @@ target is attacked with the same settings first (results under OUTPUT/compare/NA
 Keys (key=value): tamper.data.path, tamper.adapter (full|lora), tamper.lr, tamper.steps,
 tamper.per_device_batch_size, tamper.num_examples, tamper.max_length, tamper.tasks,
 tamper.eval_every, tamper.seed; evaluation uses eval.batch_size, eval.max_length, eval.limit.
+With track.to (the run's own, or given here), each curve also goes to the trackers as
+tamper/NAME/TASK, in the run's tracked runs when it has them.
 
 example:
   peel tamper runs/lora_l2 tamper.steps=100 --compare EleutherAI/deep-ignorance-e2e-strong-filter
@@ -35,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from peel import tracking
+    from peel.config import to_dict
     from peel.evaluation import load_baseline, read_evaluation
     from peel.evaluation.targets import output_folder, resolve_target
     from peel.plots import plot_tamper
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     target = resolve_target(args.target, list(args.overrides))
     config = target.config
+    tracking.check(config.track.to)
     folder = output_folder(target, args.output_dir, "tamper")
 
     def attack_target(name: str) -> list[dict]:
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             history = attack_target(resolve_target(other, list(args.overrides)).model)
             write_curve(folder / "compare" / label(other), history)
         curves[label(other)] = history
+    tracking.log_curves(config.track, to_dict(config), folder, curves)  # into the run's tracked runs, when it has them
 
     baseline = None
     evaluation = read_evaluation(target.run_folder) if target.run_folder is not None else None
