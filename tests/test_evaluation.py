@@ -55,6 +55,9 @@ def fake_hub(monkeypatch):
             sample = json.loads((FIXTURES / "wmdp_bio_robust_sample.json").read_text())
             rows = [sample] * (WMDP_SUBSETS.index(name) + 1)
             return datasets.DatasetDict({"robust": datasets.Dataset.from_list(rows)})
+        if path == "EleutherAI/wmdp_bio_cloze":
+            sample = json.loads((FIXTURES / "wmdp_bio_robust_sample.json").read_text())
+            return datasets.DatasetDict({"cloze_compatible": datasets.Dataset.from_list([sample])})
         if path == "cais/mmlu":
             sample = json.loads((FIXTURES / "mmlu_sample.json").read_text())
             split = datasets.Dataset.from_list([sample])
@@ -90,11 +93,13 @@ def test_testbed_tasks_score_each_choice_as_a_continuation(model, tokenizer, tes
 
     for task, name in [("testbed_forget", "forget_mc.jsonl"), ("testbed_retain", "retain_mc.jsonl")]:
         rows = [json.loads(line) for line in (FIXTURES / name).read_text().splitlines()]
-        correct = 0
+        correct, probability = 0, 0.0
         for row in rows:
             scores = [choice_log_likelihood(model, tokenizer, row["prompt"], choice) for choice in row["choices"]]
             correct += int(max(range(4), key=scores.__getitem__) == row["answer"])
+            probability += torch.tensor(scores).softmax(0)[row["answer"]].item()
         assert results["accuracy"][task] == pytest.approx(correct / len(rows))
+        assert results["correct_prob"][task] == pytest.approx(probability / len(rows), rel=1e-5)
         assert results["details"][task]["samples"] == len(rows)
     assert results["num_fewshot"] == 0 and results["lm_eval_version"]
 
@@ -130,6 +135,29 @@ def test_wmdp_bio_robust_accuracy_is_weighted_by_subset_size(model, tokenizer, f
     assert details["wmdp_bio_robust"]["samples"] == 21
     weighted = sum(details[name]["accuracy"] * size for name, size in zip(subsets, sizes)) / 21
     assert results["accuracy"]["wmdp_bio_robust"] == pytest.approx(weighted)
+
+
+def test_correct_prob_of_a_group_is_the_mean_over_its_documents(model, tokenizer, fake_hub):
+    details = evaluate(model, tokenizer, ["wmdp_bio_robust"], batch_size=8, max_length=128)["details"]
+    subsets = [f"wmdp_bio_robust_{subset}" for subset in WMDP_SUBSETS]
+    weighted = sum(details[name]["correct_prob"] * details[name]["samples"] for name in subsets) / 21
+    assert details["wmdp_bio_robust"]["correct_prob"] == pytest.approx(weighted)
+    assert 0 < weighted < 1
+
+
+def test_cloze_wmdp_tasks_score_answers_as_continuations(model, tokenizer, fake_hub):
+    loaded = task_manager(include_defaults=False).load(["wmdp_bio_cloze"])
+    task = loaded["tasks"]["wmdp_bio_cloze"]
+    document = task.test_docs()[0]
+    assert task.fewshot_context(document, num_fewshot=0) == "Question: Which organelle holds most of a plant cell's chlorophyll?\nAnswer:"
+    assert task.doc_to_choice(document) == ["Nucleus", "Chloroplast", "Ribosome", "Vacuole"]
+    results = evaluate(model, tokenizer, ["wmdp_bio_cloze", "wmdp_bio_cloze_correct_prob"], batch_size=4, max_length=128)
+    assert results["details"]["wmdp_bio_cloze"]["metric"] == "acc_norm"
+    # The task that reports correct_prob as lm-eval's own metric agrees with peel's reading of the samples.
+    assert results["accuracy"]["wmdp_bio_cloze_correct_prob"] == pytest.approx(results["correct_prob"]["wmdp_bio_cloze"])
+    scores = [choice_log_likelihood(model, tokenizer, "Question: Which organelle holds most of a plant cell's chlorophyll?\nAnswer:", " " + choice)
+              for choice in ["Nucleus", "Chloroplast", "Ribosome", "Vacuole"]]
+    assert results["correct_prob"]["wmdp_bio_cloze"] == pytest.approx(torch.tensor(scores).softmax(0)[1].item(), rel=1e-5)
 
 
 def test_mmlu_is_lm_evals_own_group_with_the_same_prompt_format(fake_hub):

@@ -2,7 +2,7 @@
 
 The key holds everything that changes the numbers: the model (a hub id with its revision, or a
 local folder with the size and modification time of its files, so a rebuilt model misses), the
-task set, the document limit, the context length and the lm-eval version.
+task set, the document limit, the context length, the lm-eval version and the record format.
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ import os
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
+
+
+# Bumped when what an evaluation record holds changes (2: correct_prob and the headline metric),
+# so records cached in an older form are computed again rather than read with keys missing.
+RECORD_FORMAT = 2
 
 
 def cache_directory() -> Path:
@@ -38,6 +43,7 @@ def baseline_key(name_or_path: str, tasks: list[str], limit: int | None, max_len
         "limit": limit,
         "max_length": max_length,
         "lm_eval_version": metadata.version("lm_eval"),
+        "record_format": RECORD_FORMAT,
     }
 
 

@@ -13,10 +13,9 @@ from importlib import metadata
 from pathlib import Path
 
 from peel.errors import PeelError, first_line
+from peel.evaluation.summary import summarize
 
 TASK_DIRECTORY = Path(__file__).resolve().parent / "tasks"
-METRIC = "acc,none"
-STDERR = "acc_stderr,none"
 # Raised by datasets / huggingface_hub when a dataset is neither cached nor reachable.
 DATASET_ERRORS = ("DatasetNotFoundError", "HfHubHTTPError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
 
@@ -77,7 +76,7 @@ def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: in
                 tasks=list(tasks),
                 task_manager=manager,
                 limit=limit,
-                log_samples=False,
+                log_samples=True,  # each choice's log-likelihood: correct_prob is computed from them
                 # Leave the caller's random state alone: 0-shot multiple choice draws no random
                 # numbers, and re-seeding here would change a run that evaluates between phases.
                 random_seed=None,
@@ -112,41 +111,3 @@ def quiet_lm_eval():
         yield
     finally:
         logger.setLevel(level)
-
-
-def summarize(output: dict, tasks: list[str], limit: int | None) -> dict:
-    """The parts of lm-eval's output peel keeps, with group sample counts filled in."""
-    samples = {name: counts["effective"] for name, counts in output.get("n-samples", {}).items()}
-    subtasks = output.get("group_subtasks", {})
-
-    def count(name: str) -> int:
-        if name in samples:
-            return samples[name]
-        return sum(count(child) for child in subtasks.get(name, []))
-
-    details = {}
-    for name, values in output["results"].items():
-        if METRIC not in values:
-            continue
-        entry = {"accuracy": float(values[METRIC]), "stderr": as_number(values.get(STDERR)), "samples": count(name)}
-        if subtasks.get(name):
-            entry["subtasks"] = list(subtasks[name])
-        details[name] = entry
-    missing = [name for name in tasks if name not in details]
-    if missing:
-        raise PeelError(f"lm-eval returned no accuracy for {missing[0]!r}; is it a multiple-choice task?")
-    return {
-        "tasks": list(tasks),
-        "accuracy": {name: details[name]["accuracy"] for name in tasks},
-        "details": details,
-        "limit": limit,
-        "num_fewshot": 0,
-        "lm_eval_version": metadata.version("lm_eval"),
-    }
-
-
-def as_number(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None  # lm-eval writes "N/A" when it has no standard error
