@@ -46,7 +46,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from peel import parallel
 from peel.config import LoraOptions, UnlearnConfig
 from peel.engine import compute_gradients
-from peel.losses import FORGET_LOSSES, l2_distance
+from peel import losses
+from peel.losses import l2_distance
 from peel.models import find_anatomy, hidden_states, layer_output, logits
 from peel.objectives import Batch
 from peel.schedules import retain_layer_set
@@ -62,6 +63,11 @@ MODEL_SHAPES = {
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 VARIANTS = ("peel", "reference", "floor")
+# The forget losses the reference and the floor compute (on the probe's logits alone).
+PROBE_LOSSES = {
+    "random_ce": lambda logits, batch: losses.random_ce(logits, batch.attention_mask, batch.random_targets),
+    "max_entropy_kl": lambda logits, batch: losses.max_entropy_kl(logits, batch.attention_mask),
+}
 MODES = ("lora", "full")
 
 HEADLINE = dict(model="pythia-160m", batch_size=2, seq_len=256, warmup=1, steps=10, sweep_steps=3, sweep_points=4)
@@ -232,12 +238,12 @@ class TimedLocal(parallel.Local):
         self.calls += 1
 
 
-def peel_variant(weights, settings: Settings, layer: int, clock: Clock):
+def peel_variant(weights, settings: Settings, layer: int, clock: Clock, unlearn: UnlearnConfig | None = None):
     """The engine's own step: `engine.compute_gradients`, then the update as `engine.run_phase` does it."""
     parameters = weights.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr)
     parallelism = TimedLocal(weights, clock)
-    unlearn = UnlearnConfig(forget_loss=settings.forget_loss, retain_loss="l2", grad_filter="none", l2sp_coef=0.0)
+    unlearn = unlearn or UnlearnConfig(forget_loss=settings.forget_loss, retain_loss="l2", grad_filter="none", l2sp_coef=0.0)
     retain_layers = settings.retain_layer_list(layer)
 
     def step(forget: Batch, retain: Batch):
@@ -288,7 +294,7 @@ def reference_variant(model, mode, settings: Settings, layer: int, clock: Clock)
             probe = original_anatomy.unembedding(original_anatomy.final_norm(hidden))
         else:
             probe = forget_output.logits
-        forget_losses = FORGET_LOSSES[settings.forget_loss](probe, forget.attention_mask, forget.random_targets)
+        forget_losses = PROBE_LOSSES[settings.forget_loss](probe, forget)
         clock.lap("forget")
         with torch.no_grad():
             reference, _ = full_forward(original, original_anatomy, retain, retain_layers)
@@ -317,7 +323,7 @@ def floor_variant(model, mode, settings: Settings, layer: int, clock: Clock):
 
     def step(forget: Batch, retain: Batch):
         probe = logits(network, forget.input_ids, forget.attention_mask)
-        forget_losses = FORGET_LOSSES[settings.forget_loss](probe, forget.attention_mask, forget.random_targets)
+        forget_losses = PROBE_LOSSES[settings.forget_loss](probe, forget)
         del probe
         (scale * forget_losses.sum()).backward()
         clock.lap("forget")
@@ -584,7 +590,7 @@ def parse_settings(argv=None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--target-layer", type=int, help="default: the second target of the schedule")
     parser.add_argument("--retain-layers", default="all", help="L2 retain layers: all, target, or a list like 3,7,11")
-    parser.add_argument("--forget-loss", default="random_ce", choices=sorted(FORGET_LOSSES))
+    parser.add_argument("--forget-loss", default="random_ce", choices=sorted(PROBE_LOSSES))
     parser.add_argument("--warmup", type=int, help="untimed steps per variant")
     parser.add_argument("--steps", type=int, help="timed steps per variant")
     parser.add_argument("--sweep-layers", help="target layers of the target-only retain sweep, e.g. 0,4,8,11; 'none' skips it")

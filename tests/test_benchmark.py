@@ -47,3 +47,18 @@ def test_quick_preset_writes_results_and_reference_matches_peel(tmp_path):
     originals = result["full_original_weights"]
     assert originals["held_mb"] <= originals["bound_mb"]
     assert [row["layer"] for row in result["target_layer_sweep"]["rows"]] == [0, 3]
+
+
+def test_forget_loss_benchmark_reports_every_variant(tmp_path):
+    load_benchmark()  # the forget-loss benchmark imports the step benchmark's pieces
+    spec = importlib.util.spec_from_file_location("forget_loss_bench", BENCHMARK.parent / "forget_loss_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["forget_loss_bench"] = module
+    spec.loader.exec_module(module)
+    output = tmp_path / "forget.json"
+    module.main(["--quick", "--model", "tiny", "--steps", "1", "--modes", "lora", "--output", str(output)])
+
+    row = json.loads(output.read_text())["modes"]["lora"]
+    assert set(row["step_ms"]) == set(row["peak_mb"]) == {"max_entropy_kl", "top_k_entropy", "npo", "keyword_mask"}
+    assert row["time_vs_max_entropy_kl"]["max_entropy_kl"] == 1.0 and row["extra_peak_mb"]["max_entropy_kl"] == 0.0
+    assert all(value > 0 for value in row["step_ms"].values())

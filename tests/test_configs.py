@@ -19,3 +19,28 @@ def test_config_loads_and_names_its_command(path):
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("# peel ") and f"configs/{path.name}" in first_line
     assert config.output_dir.startswith("runs/")
+
+
+def test_keyword_lists_named_by_configs_are_shipped_and_readable():
+    from peel.masks import read_keywords
+
+    repository = Path(__file__).parent.parent
+    named = [load_config(path).data.forget.keywords for path in CONFIGS]
+    named = [path for path in named if path is not None]
+    assert named  # full_muon_keywords.yaml
+    for path in named:
+        assert read_keywords(repository / path)
+
+
+def test_every_choice_the_config_accepts_is_in_its_table():
+    import typing
+
+    from peel.config import TrainConfig, UnlearnConfig
+    from peel.filters import GRADIENT_FILTERS
+    from peel.objectives import FORGET_OBJECTIVES, RETAIN_OBJECTIVES
+    from peel.optimizers import OPTIMIZERS
+
+    hints = {**typing.get_type_hints(UnlearnConfig), **typing.get_type_hints(TrainConfig)}
+    for key, table in (("forget_loss", FORGET_OBJECTIVES), ("retain_loss", RETAIN_OBJECTIVES),
+                       ("grad_filter", GRADIENT_FILTERS), ("optimizer", OPTIMIZERS)):
+        assert set(typing.get_args(hints[key])) == set(table), key

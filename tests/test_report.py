@@ -59,3 +59,27 @@ def test_a_corrupt_eval_json_is_named(tmp_path):
     (run / "eval.json").write_text("{")
     with pytest.raises(PeelError, match=r"eval.json is not valid JSON"):
         read_run(run)
+
+
+def test_correct_prob_and_update_rank_get_columns_only_where_present(tmp_path):
+    import json
+
+    for name, probability, rank in (("with", 0.1355, {"mean_stable_rank": 1.3, "mean_effective_rank": 2189.4, "matrices": 96}),
+                                    ("without", None, None)):
+        run = tmp_path / name
+        shutil.copytree(FIXTURES / "runs" / "l2_rm10", run)
+        record = json.loads((run / "eval.json").read_text())
+        if probability is not None:
+            record["correct_prob"] = {"wmdp_bio_robust": probability}
+            record["baseline"]["correct_prob"] = {"wmdp_bio_robust": 0.2008}
+        (run / "eval.json").write_text(json.dumps(record))
+        status = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**status, **({"update_rank": rank} if rank else {})}))
+    output = tmp_path / "report.md"
+    assert main(["report", str(tmp_path / "with"), str(tmp_path / "without"), "--output", str(output)]) == 0
+    lines = output.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Run"))
+    assert "| WMDP Bio Robust p(correct) | Stable rank | Effective rank |" in header
+    assert "| 0.2008 | - | - |" in next(line for line in lines if line.endswith("| Baseline |"))
+    assert "| 0.1355 | 1.30 | 2189.40 |" in next(line for line in lines if line.startswith("| with "))
+    assert "| 0.4479 |  |  |  |" in next(line for line in lines if line.startswith("| without "))

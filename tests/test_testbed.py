@@ -51,6 +51,11 @@ def test_build_writes_models_corpora_and_questions(built):
     for name in ("forget", "retain", "tamper"):
         rows = read_jsonl(built / f"{name}.jsonl")
         assert rows and all(set(row) == {"text"} and row["text"] for row in rows)
+    from peel.masks import read_keywords
+    from peel.testbed import resolve
+
+    assert (built / "keywords.txt").read_text() == Path(resolve("testbed:keywords")).read_text()  # the shipped list is the built one
+    assert len(read_keywords(built / "keywords.txt")) == 64
 
 
 def test_corpora_and_questions_cover_the_right_parts_of_the_world(built):

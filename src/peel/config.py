@@ -89,6 +89,15 @@ class DataSource:
 
 
 @dataclass
+class ForgetSource(DataSource):
+    keywords: str | None = option(
+        None,
+        "Keyword list (a text file, one per line, or a CSV with a keyword column): a forget token counts in the "
+        "forget loss only when its characters overlap a case-insensitive match; null = every token counts.",
+    )
+
+
+@dataclass
 class ChatSource:
     path: str | None = option(None, "Chat dataset mixed into retain data (e.g. HuggingFaceH4/ultrachat_200k); None = off.")
     name: str | None = option(None, "Hub dataset configuration name.")
@@ -101,7 +110,7 @@ class ChatSource:
 
 @dataclass
 class DataConfig:
-    forget: DataSource = option(DataSource(path="testbed:forget"), "Forget corpus (the knowledge to remove).")
+    forget: ForgetSource = option(ForgetSource(path="testbed:forget"), "Forget corpus (the knowledge to remove).")
     retain: DataSource = option(DataSource(path="testbed:retain"), "Retain corpus (the knowledge to keep).")
     chat: ChatSource = option(ChatSource(), "Optional chat data mixed into the retain corpus.")
     num_examples: int | None = option(
@@ -139,8 +148,15 @@ class UnlearnConfig:
     )
     adapter: Literal["lora", "full"] = option("lora", "lora: adapters in every layer; full: only the target layer trains in its phase.")
     lora: LoraOptions = option(LoraOptions(), "LoRA settings (adapter: lora).")
-    forget_loss: Literal["random_ce", "max_entropy_kl"] = option(
-        "random_ce", "Forget loss on the probe logits, divided by log(vocab)."
+    forget_loss: Literal["random_ce", "max_entropy_kl", "top_k_entropy", "npo"] = option(
+        "random_ce",
+        "Forget loss on the probe: random_ce and max_entropy_kl (divided by log vocab), top_k_entropy (maximum "
+        "entropy over the top_k largest logits, divided by log top_k), npo (against the original model).",
+    )
+    top_k: int = option(100, "K of top_k_entropy: how many of the largest logits are pushed to a uniform distribution.", Bound(minimum=2))
+    npo_beta: float = option(0.1, "beta of the npo forget loss: -log sigmoid(-beta (log p - log p_original)).", POSITIVE)
+    npo_per_token: bool = option(
+        True, "npo per token (true: the loss of each token's log-ratio, averaged) or per sequence (false: of the mean log-ratio)."
     )
     retain_loss: Literal["l2", "kl", "nll"] = option(
         "l2", "l2: hidden-state distance to the original; kl: KL(original || current) on logits; nll: language-model loss."
@@ -164,7 +180,11 @@ class UnlearnConfig:
 @dataclass
 class TrainConfig:
     lr: float = option(1e-4, "Peak learning rate.", POSITIVE)
-    optimizer: Literal["adamw"] = option("adamw", "Optimizer.")
+    optimizer: Literal["adamw", "muon"] = option(
+        "adamw", "adamw, or muon: torch.optim.Muon for the 2-D weight matrices that train, AdamW (at lr) for the rest."
+    )
+    muon_lr: float = option(0.02, "Learning rate of Muon's matrices (train.optimizer: muon).", POSITIVE)
+    muon_momentum: float = option(0.95, "Muon's momentum (train.optimizer: muon).", Bound(minimum=0, maximum=1, exclusive_maximum=True))
     weight_decay: float = option(0.0, "AdamW weight decay.", NON_NEGATIVE)
     max_grad_norm: float = option(1.0, "Clip the combined gradient to this norm; 0 = off.", NON_NEGATIVE)
     lr_scheduler: Literal["linear", "constant", "cosine"] = option(

@@ -27,14 +27,16 @@ from tqdm.auto import tqdm
 
 from peel import checkpoint, distributed, parallel, preemption, resume, run_folder, tracking
 from peel.config import Config, save_config, to_dict
-from peel.data import collate
+from peel.batches import example_order, make_batch, process_share
 from peel.errors import Preempted, RunFailed, first_line
 from peel.filters import GRADIENT_FILTERS
 from peel.models import enable_activation_checkpointing, load_model, save_model
-from peel.objectives import RETAIN_OBJECTIVES, Batch, forget_backward
+from peel.objectives import RETAIN_OBJECTIVES, forget_backward
+from peel.optimizers import make_optimizer
 from peel.parallel import full_tensor
 from peel.planning import Plan, prepare
 from peel.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set
+from peel.update_rank import update_rank
 from peel.weights import WEIGHTS
 
 
@@ -49,6 +51,7 @@ class Session:
     tokenizer: object
     forget: list[list[int]]  # token ids of each forget example
     retain: list[list[int]]
+    forget_masks: list[list[int]] | None  # keyword masks of the forget examples (None: every token counts)
     device: torch.device
     output_dir: Path
     bar: tqdm
@@ -106,7 +109,8 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
 
     total_steps = plan.steps_per_phase * len(plan.layers)
     bar = tqdm(total=total_steps, initial=start.step, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
-    session = Session(config, plan, weights, parallelism, tokenizer, prepared.forget, prepared.retain, device, output_dir, bar, tracker)
+    session = Session(config, plan, weights, parallelism, tokenizer, prepared.forget, prepared.retain,
+                      prepared.forget_masks, device, output_dir, bar, tracker)
     try:
         # ---- train
         with preemption.stop_on_signals():
@@ -117,6 +121,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         bar.close()
 
         # ---- finish: results go to *.partial folders and move into place only once all of them are done
+        rank = update_rank(weights.update_deltas())  # before LoRA merges: the adapters are the update
         parallelism.release()
         model = save_results(weights, parallelism, tokenizer, output_dir, config.unlearn.adapter, device)
         if distributed.is_main():
@@ -126,7 +131,8 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
                 results = evaluate_with(model, tokenizer, config.eval)
                 write_evaluation(output_dir, str(output_dir / "model"), results, baseline)
             publish_results(output_dir, config.unlearn.adapter)
-            record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers)
+            record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers,
+                                           update_rank=rank)
             run_folder.write_json(output_dir / "run.json", record)
             checkpoint.remove(output_dir)  # model/ holds the result now
         distributed.barrier()
@@ -159,7 +165,8 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
     layer = plan.layers[phase]
     weights.begin_phase(layer)
     parameters = weights.trainable_parameters()
-    optimizer = torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = make_optimizer(train.optimizer, parameters, weights.anatomy, train.lr, train.weight_decay,
+                               train.muon_lr, train.muon_momentum)
     scheduler = get_scheduler(
         train.lr_scheduler,
         optimizer,
@@ -182,7 +189,8 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
         micro = [indices[start : start + train.per_device_batch_size] for start in range(0, len(indices), train.per_device_batch_size)]
         random_seed = (train.seed, phase) if unlearn.forget_loss == "random_ce" else None
         pad_token_id, device = session.tokenizer.pad_token_id, session.device
-        forget_batches = [make_batch(session.forget, chunk, pad_token_id, device, vocab, random_seed) for chunk in micro]
+        forget_batches = [make_batch(session.forget, chunk, pad_token_id, device, vocab, random_seed, session.forget_masks)
+                          for chunk in micro]
         retain_batches = [make_batch(session.retain, chunk, pad_token_id, device) for chunk in micro]
 
         statistics = compute_gradients(
@@ -197,7 +205,9 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
             )
         max_norm = train.max_grad_norm if train.max_grad_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        lr = optimizer.param_groups[0]["lr"]
+        # Every group follows one schedule: its factor times train.lr (and train.muon_lr) is the step's rate.
+        factor = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["initial_lr"]
+        rates = {"lr": train.lr * factor, **({"muon_lr": train.muon_lr * factor} if train.optimizer == "muon" else {})}
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -211,10 +221,10 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
             "retain_coef": retain_coef,
             **statistics,
             "grad_norm": float(full_tensor(grad_norm)),
-            "lr": lr,
+            **rates,
         }
         if config.eval.every_phase and step_in_phase == plan.steps_per_phase - 1:
-            record["eval"] = evaluate_model(weights.model, session.tokenizer, config.eval)
+            record.update(evaluate_model(weights.model, session.tokenizer, config.eval))
         if distributed.is_main():
             run_folder.append_jsonl(session.output_dir / "metrics.jsonl", record)
             session.tracker.log(record)
@@ -246,7 +256,7 @@ def compute_gradients(
     scale = 1.0 / examples_per_process  # per-example losses summed: the same step however the batch is split
     forget_losses = backward_each(
         parallelism, forget_batches, forget_coef,
-        lambda batch: forget_backward(weights, batch, layer, unlearn.forget_loss, forget_coef * scale),
+        lambda batch: forget_backward(weights, batch, layer, unlearn, forget_coef * scale),
     )
     forget_gradients = take_gradients(parameters)
     retain_objective = RETAIN_OBJECTIVES[unlearn.retain_loss]
@@ -265,13 +275,16 @@ def compute_gradients(
         (unlearn.l2sp_coef * penalty).backward()
         l2sp = float(full_tensor(penalty.detach()))
 
-    # The stop flag rides with the losses' one reduction, so every process agrees to stop after the
-    # same step (a checkpoint is collective) without another synchronisation.
+    # The stop flag and the keyword masks' token counts ride with the losses' one reduction, so
+    # every process agrees to stop after the same step (a checkpoint is collective) and the share
+    # is of all processes' tokens, without another synchronisation.
     stop_flag = forget_losses.new_tensor(float(preemption.requested() is not None))
-    means = torch.stack([forget_losses.mean(), retain_losses.mean(), stop_flag]).float()
+    counted = sum(batch.counted.sum() for batch in forget_batches).float()
+    real = sum(batch.attention_mask.sum() for batch in forget_batches).float()
+    means = torch.stack([forget_losses.mean(), retain_losses.mean(), stop_flag, counted, real]).float()
     distributed.all_reduce_mean([means])
-    forget_loss, retain_loss, stop = means.tolist()
-    return {
+    forget_loss, retain_loss, stop, counted, real = means.tolist()
+    statistics = {
         "stop": stop > 0,
         "forget_loss": forget_loss,
         "retain_loss": retain_loss,
@@ -279,6 +292,9 @@ def compute_gradients(
         "forget_grad_norm": norm(forget_gradients),
         "retain_grad_norm": norm(retain_gradients),
     }
+    if forget_batches[0].loss_mask is not None:
+        statistics["forget_token_share"] = counted / real
+    return statistics
 
 
 def backward_each(parallelism, batches, coefficient: float, objective) -> torch.Tensor:
@@ -295,34 +311,6 @@ def backward_each(parallelism, batches, coefficient: float, objective) -> torch.
     return torch.cat(losses)
 
 
-def example_order(num_examples: int, epochs: int, seed: int, phase: int) -> list[int]:
-    """Each phase sees every example once per epoch, in its own seeded order."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + phase)
-    return [index for _ in range(epochs) for index in torch.randperm(num_examples, generator=generator).tolist()]
-
-
-def process_share(order: list[int], step: int, global_batch_size: int) -> list[int]:
-    """This process's examples of global batch `step`."""
-    batch = order[step * global_batch_size : (step + 1) * global_batch_size]
-    share = global_batch_size // distributed.world_size()
-    return batch[distributed.rank() * share : (distributed.rank() + 1) * share]
-
-
-def make_batch(examples, indices, pad_token_id, device, vocab=None, random_seed=None) -> Batch:
-    input_ids, attention_mask = collate([examples[index] for index in indices], pad_token_id)
-    random_targets = None
-    if random_seed is not None:
-        # Seeded per example, so targets do not depend on how a batch is split across processes.
-        seed, phase = random_seed
-        random_targets = torch.stack(
-            [
-                torch.randint(vocab, (input_ids.shape[1],), generator=torch.Generator().manual_seed((seed * 1_000_003 + phase) * 1_000_033 + index))
-                for index in indices
-            ]
-        ).to(device)
-    return Batch(input_ids.to(device), attention_mask.to(device), random_targets)
-
-
 def take_gradients(parameters) -> list[torch.Tensor]:
     """Detach the accumulated gradients from the parameters (zeros where none arrived)."""
     gradients = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
@@ -337,16 +325,19 @@ def norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
-def evaluate_model(model, tokenizer, settings) -> dict[str, float] | None:
-    """Accuracy per task of the model as it is now (adapters active).
+def evaluate_model(model, tokenizer, settings) -> dict:
+    """The metrics record's view of the model as it is now (adapters active): {"eval": {task:
+    accuracy}, "eval_correct_prob": {task: correct_prob}}.
 
     Under torchrun every process runs it (FSDP2's forward passes need all of them); only the
-    main process gets the accuracies (None elsewhere), and only it writes them.
+    main process gets the results (an empty record elsewhere), and only it writes them.
     """
     from peel.evaluation import evaluate_with
 
     results = evaluate_with(model, tokenizer, settings)
-    return None if results is None else results["accuracy"]
+    if results is None:
+        return {}
+    return {"eval": results["accuracy"], **({"eval_correct_prob": results["correct_prob"]} if results["correct_prob"] else {})}
 
 
 def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:

@@ -19,7 +19,9 @@ def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
-# Forget losses: logits [batch, tokens, vocab] of the probe, pushed toward maximum entropy.
+# Forget losses: logits [batch, tokens, vocab] of the probe, pushed toward maximum entropy or away
+# from the original model. `mask` says which tokens count (padding, and tokens outside a keyword
+# mask, do not).
 
 
 def random_ce(logits: torch.Tensor, mask: torch.Tensor, random_targets: torch.Tensor) -> torch.Tensor:
@@ -31,7 +33,7 @@ def random_ce(logits: torch.Tensor, mask: torch.Tensor, random_targets: torch.Te
     return token_mean(per_token, mask) / math.log(vocab)
 
 
-def max_entropy_kl(logits: torch.Tensor, mask: torch.Tensor, random_targets: torch.Tensor | None = None) -> torch.Tensor:
+def max_entropy_kl(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(uniform || p) = -log V - mean_v log p_v, divided by log(vocab); zero at maximum entropy."""
     vocab = logits.shape[-1]
     log_probs = F.log_softmax(logits.float(), dim=-1)
@@ -39,7 +41,31 @@ def max_entropy_kl(logits: torch.Tensor, mask: torch.Tensor, random_targets: tor
     return token_mean(per_token, mask) / math.log(vocab)
 
 
-FORGET_LOSSES = {"random_ce": random_ce, "max_entropy_kl": max_entropy_kl}
+def top_k_entropy(logits: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """KL(uniform over K || softmax of the K largest logits), divided by log K: maximum entropy
+    among the candidates the model ranks highest, leaving the long tail alone."""
+    top = logits.float().topk(k, dim=-1).values
+    per_token = -math.log(k) - F.log_softmax(top, dim=-1).mean(dim=-1)
+    return token_mean(per_token, mask) / math.log(k)
+
+
+def next_token_log_probs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(x_{t+1} | x_<=t) of the text's own next tokens: [batch, tokens - 1]."""
+    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    return log_probs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def npo(log_probs: torch.Tensor, reference_log_probs: torch.Tensor, mask: torch.Tensor, beta: float, per_token: bool) -> torch.Tensor:
+    """Negative preference optimisation against the original model on the text's own tokens.
+
+    With r_t = log p(x_t) - log p_original(x_t): per token, -log sigmoid(-beta r_t) averaged over
+    the tokens; per sequence, -log sigmoid(-beta mean_t r_t). log 2 where the model is the original;
+    it falls toward 0 as the model makes the text less likely than the original did.
+    """
+    ratio = log_probs - reference_log_probs
+    if per_token:
+        return token_mean(-F.logsigmoid(-beta * ratio), mask)
+    return -F.logsigmoid(-beta * token_mean(ratio, mask))
 
 
 # Retain losses: keep the model where the original was.

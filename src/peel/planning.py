@@ -14,6 +14,7 @@ from peel import distributed, resume, run_folder, tracking
 from peel.config import Config
 from peel.data import load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError
+from peel.masks import keyword_pattern, read_keywords, tokenize_with_masks
 from peel.models import load_model_config, load_tokenizer
 from peel.schedules import retain_layer_set, target_layers
 
@@ -81,6 +82,7 @@ class Prepared:
     tokenizer: object
     forget: list[list[int]]
     retain: list[list[int]]
+    forget_masks: list[list[int]] | None  # per forget token: inside a keyword (1) or not; None = no keywords
 
 
 def prepare(config: Config, force: bool = False) -> Prepared:
@@ -92,10 +94,19 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     model = config.model
     model_config = load_model_config(model.name_or_path, model.revision, model.trust_remote_code)
     check_layers(config, model_config.num_hidden_layers)  # cheap, so before the corpora load
+    unlearn = config.unlearn
+    if unlearn.forget_loss == "top_k_entropy" and unlearn.top_k > model_config.vocab_size:
+        raise PeelError(f"unlearn.top_k={unlearn.top_k} is larger than the vocabulary ({model_config.vocab_size}); "
+                        f"accepted: 2..{model_config.vocab_size}")
     folder_state = resume.folder_state(output_dir, config, force)
     tokenizer = load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
     data, seed = config.data, config.train.seed
-    forget = tokenize(load_texts(data.forget, data.num_examples, seed), tokenizer, data.max_length)
+    forget_texts = load_texts(data.forget, data.num_examples, seed)
+    forget = tokenize(forget_texts, tokenizer, data.max_length)
+    forget_masks = None
+    if data.forget.keywords is not None:
+        pattern = keyword_pattern(read_keywords(data.forget.keywords))
+        _, forget_masks = tokenize_with_masks(forget_texts, tokenizer, data.max_length, pattern)
     # Without a count (the default), every forget text is used with as many retain texts as there are.
     required = data.num_examples is not None
     retain_texts = load_retain_texts(data.retain, data.chat, len(forget), seed, tokenizer, required)
@@ -106,4 +117,5 @@ def prepare(config: Config, force: bool = False) -> Prepared:
         from peel.evaluation.harness import manager_for
 
         manager_for(config.eval.tasks)  # unknown task names fail now, not after training
-    return Prepared(plan, folder_state, tokenizer, forget[:num_examples], retain[:num_examples])
+    masks = None if forget_masks is None else forget_masks[:num_examples]
+    return Prepared(plan, folder_state, tokenizer, forget[:num_examples], retain[:num_examples], masks)

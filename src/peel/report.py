@@ -34,6 +34,9 @@ SWEPT = {
     "train.epochs_per_layer": "epochs_per_layer",
     "train.seed": "seed",
     "unlearn.layers": "layers",
+    "unlearn.top_k": "top_k",
+    "unlearn.npo_beta": "npo_beta",
+    "train.muon_lr": "muon_lr",
 }
 ALWAYS_SHOWN = ("unlearn.remove_coef", "unlearn.retain_coef", "train.lr")
 # Settings that never split families: where results went, what they are called, how they are checked,
@@ -202,17 +205,32 @@ def family_table(family: list[Run]) -> list[str]:
     positive = {name: score for name, score in scores.items() if score is not None and score > 0}
     best = max(positive, key=positive.get) if positive else None
 
+    # correct_prob and the update's rank get columns only where some run has them.
+    baseline_probability = (baseline_record or {}).get("correct_prob", {})
+    probability_tasks = [task for task in tasks if task in baseline_probability
+                         or any(task in (run.evaluation or {}).get("correct_prob", {}) for run in family)]
+    with_rank = any(run.record.get("update_rank") for run in family)
+
     header = ["Run", "Layers", *(SWEPT[key] for key in shown), "Steps", "retain_loss", "forget_loss",
-              *(TASK_TITLES.get(task, task) for task in tasks), "State", "Notes"]
+              *(TASK_TITLES.get(task, task) for task in tasks),
+              *(f"{TASK_TITLES.get(task, task)} p(correct)" for task in probability_tasks),
+              *(["Stable rank", "Effective rank"] if with_rank else []), "State", "Notes"]
     rows = [header]
     if baseline:
-        rows.append(["-"] * (len(shown) + 5) + [f"{baseline[t]:.4f}" if t in baseline else "" for t in tasks] + ["-", "Baseline"])
+        rows.append(["-"] * (len(shown) + 5) + [f"{baseline[t]:.4f}" if t in baseline else "" for t in tasks]
+                    + [f"{baseline_probability[t]:.4f}" if t in baseline_probability else "" for t in probability_tasks]
+                    + ["-"] * (2 if with_rank else 0) + ["-", "Baseline"])
     for run in sorted(family, key=lambda run: natural_key(run.name)):
         accuracy = run.evaluation["accuracy"] if run.evaluation else {}
         cells = []
         for task in tasks:
             text = f"{accuracy[task]:.4f}" if task in accuracy else ""
             cells.append(f"**{text}**" if run.name == best and task in (forget, retain) and text else text)
+        probability = (run.evaluation or {}).get("correct_prob", {})
+        cells += [f"{probability[task]:.4f}" if task in probability else "" for task in probability_tasks]
+        rank = run.record.get("update_rank") or {}
+        if with_rank:
+            cells += [f"{rank[key]:.2f}" if key in rank else "" for key in ("mean_stable_rank", "mean_effective_rank")]
         notes = [run.settings.get("notes") or ""]
         if run.record.get("status") not in (None, "completed"):
             notes.append(f"status: {run.record['status']}")

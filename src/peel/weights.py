@@ -77,6 +77,14 @@ class LoraWeights:
         ]
         return torch.stack(deltas).sum()
 
+    def update_deltas(self) -> Iterator[torch.Tensor]:
+        """W - W0 of every adapted matrix: the adapter's merged delta (B A scaled)."""
+        for layer in self.adapters_by_layer:
+            for module in layer:
+                for name in module.active_adapters:
+                    if name in module.lora_A:
+                        yield module.get_delta_weight(name).detach()
+
     def save_adapter(self, folder) -> None:
         self.model.save_pretrained(folder, safe_serialization=True)
 
@@ -147,6 +155,15 @@ class FullWeights:
     def l2sp_penalty(self, layer: int) -> torch.Tensor:
         pairs = zip(self.anatomy.layers[layer].parameters(), self.originals[layer])
         return torch.stack([(current.float() - original.float()).pow(2).sum() for current, original in pairs]).sum()
+
+    def update_deltas(self) -> Iterator[torch.Tensor]:
+        """W - W0 of every weight matrix of the layers trained so far (whole, under FSDP2 too)."""
+        from peel.parallel import full_tensor
+
+        for layer, originals in self.originals.items():
+            for current, original in zip(self.anatomy.layers[layer].parameters(), originals):
+                if current.ndim == 2:
+                    yield full_tensor(current.detach()) - full_tensor(original)
 
     def merged_model(self) -> nn.Module:
         return self.model

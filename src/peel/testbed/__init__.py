@@ -20,6 +20,7 @@ NAMES = {
     "forget": "forget.jsonl",  # text about the forget domain, part A
     "retain": "retain.jsonl",  # text about the retain domain
     "tamper": "tamper.jsonl",  # text about the forget domain, part B (the attack's data)
+    "keywords": "keywords.txt",  # the forget domain's values, for data.forget.keywords
 }
 
 # lm-eval task name -> multiple-choice file, rows {"prompt", "choices" (4), "answer" (index)}

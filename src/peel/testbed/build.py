@@ -37,6 +37,7 @@ def build_testbed(output_dir: str | Path, seed: int = 0, steps: int = Schedule.s
     (output / "world.json").write_text(json.dumps({"seed": seed, "entities": world.to_json(entities)}, indent=1))
     for name, texts in (("forget", forget), ("tamper", tamper), ("retain", retain)):
         write_jsonl(output / f"{name}.jsonl", [{"text": text} for text in texts])
+    (output / "keywords.txt").write_text(world.keyword_list())
 
     tokenizer = train_tokenizer(forget + tamper + retain, VOCAB_SIZE)
     tokenizer.save_pretrained(output / "tokenizer")

@@ -170,5 +170,11 @@ def cloze_items(entities: list[Entity], part: str, seed: int) -> list[dict]:
     return items
 
 
+def keyword_list() -> str:
+    """The forget domain's facts as a keyword list (data.forget.keywords): every pathogen value."""
+    header = "# testbed:keywords - the value pools of the forget domain (hosts, vectors, genes, seasons)\n"
+    return header + "".join(f"{value}\n" for values in POOLS["pathogen"].values() for value in values)
+
+
 def to_json(entities: list[Entity]) -> list[dict]:
     return [{"domain": e.domain, "part": e.part, "name": e.name, "facts": e.facts} for e in entities]
