@@ -198,6 +198,18 @@ class TrainConfig:
     epochs_per_layer: int = option(1, "Passes over the examples in each phase.", AT_LEAST_ONE)
     dtype: Literal["bfloat16", "float32"] = option("bfloat16", "Weight and compute dtype.")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
+    loss_chunk_tokens: int = option(
+        1024,
+        "Tokens per chunk of the forget, KL and NLL losses: logits are made from the final hidden states a chunk at a "
+        "time and recomputed in backward, never whole; used when a micro-batch has more tokens; 0 = whole logits.",
+        NON_NEGATIVE,
+    )
+    compile: bool = option(False, "Compile each decoder layer with torch.compile (regional compilation); the rest stays eager.")
+    parallel: Literal["auto", "ddp", "fsdp"] = option(
+        "auto",
+        "Under torchrun: ddp (a whole copy per process), fsdp (FSDP2 shards), or auto: full fine-tuning fsdp, LoRA ddp "
+        "while the weights take at most half of one device's memory and fsdp otherwise.",
+    )
     seed: int = option(0, "Seed for data order, random targets and initialisation.", NON_NEGATIVE)
     checkpoint_every: int = option(
         0, "Save a resumable checkpoint every N optimizer steps (and at each phase end); 0 = phase ends only.", NON_NEGATIVE

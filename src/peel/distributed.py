@@ -17,9 +17,14 @@ def init() -> torch.device:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-        return device
+        torch.cuda.set_device(device())
+    return device()
+
+
+def device() -> torch.device:
+    """This process's device: its GPU (LOCAL_RANK) when there are GPUs, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
 
@@ -42,6 +47,27 @@ def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
     for tensor in tensors:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(world_size())
+
+
+def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
+    """Sum tensors across processes, in place."""
+    if world_size() == 1:
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def all_agree(value: bool) -> bool:
+    """True when `value` is true on every process (one reduction), so all take the same branch."""
+    if world_size() == 1:
+        return value
+    flag = torch.tensor(float(value), device=_reduction_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _reduction_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def gather_objects(value) -> list:

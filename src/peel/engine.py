@@ -27,11 +27,10 @@ from tqdm.auto import tqdm
 
 from peel import checkpoint, distributed, parallel, preemption, resume, run_folder, tracking
 from peel.config import Config, save_config, to_dict
-from peel.batches import example_order, make_batch, process_share
+from peel.batches import Corpus, RandomTargets, example_order, process_share
 from peel.errors import Preempted, RunFailed, first_line
-from peel.filters import GRADIENT_FILTERS
-from peel.models import enable_activation_checkpointing, load_model, save_model
-from peel.objectives import RETAIN_OBJECTIVES, forget_backward
+from peel.gradients import compute_gradients, read
+from peel.models import compile_layers, enable_activation_checkpointing, load_model, save_model
 from peel.optimizers import make_optimizer
 from peel.parallel import full_tensor
 from peel.planning import Plan, prepare
@@ -49,9 +48,8 @@ class Session:
     weights: object  # weights.LoraWeights or weights.FullWeights
     parallelism: object  # parallel.Local, Replicated or Sharded
     tokenizer: object
-    forget: list[list[int]]  # token ids of each forget example
-    retain: list[list[int]]
-    forget_masks: list[list[int]] | None  # keyword masks of the forget examples (None: every token counts)
+    forget: Corpus  # the forget examples (and their keyword masks), padded on the device
+    retain: Corpus
     device: torch.device
     output_dir: Path
     bar: tqdm
@@ -79,22 +77,21 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
             completed = f"{output_dir} holds a completed run of this config; nothing to do (--force runs it again)"
             print(f"checked: {plan.describe()}" if dry_run else completed)
         return output_dir
-    model = load_model(
-        config.model.name_or_path,
-        dtype=config.train.dtype,
-        attn_implementation=config.model.attn_implementation,
-        revision=config.model.revision,
-        trust_remote_code=config.model.trust_remote_code,
-    )
+    model = load(config)
     tokenizer = prepared.tokenizer
-    baseline = evaluate_baseline(config, model.to(device), tokenizer)
+    baseline = evaluate_baseline(config, model, tokenizer, device)
     saved = checkpoint.load(output_dir) if prepared.folder_state == resume.RESUME else None
 
+    # Under torchrun: DDP, or FSDP2 for full fine-tuning and for LoRA on a model too large for one
+    # device. A model to be sharded stays on the host until FSDP2 moves each shard to the device.
+    engine = parallel.choose(config.train.parallel, config.unlearn.adapter, model, device)
     torch.manual_seed(config.train.seed)  # adapter initialisation
-    weights = WEIGHTS[config.unlearn.adapter](model.to(device), config.unlearn.lora)
+    weights = WEIGHTS[config.unlearn.adapter](model if engine == "fsdp" else model.to(device), config.unlearn.lora)
     if config.train.gradient_checkpointing:
         enable_activation_checkpointing(weights.model)
-    parallelism = parallel.wrap(weights, config.unlearn.adapter)  # under torchrun: DDP (LoRA) or FSDP2 (full)
+    if config.train.compile:
+        compile_layers(weights.anatomy)
+    parallelism = parallel.ENGINES[engine](weights)
     start = checkpoint.restore(saved, weights, plan.layers)
 
     tracker = tracking.NOT_TRACKED
@@ -105,12 +102,13 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         # Before the rewind: metrics.jsonl still says which steps the trackers were given.
         tracker = tracking.start(config.track, to_dict(config), output_dir, prepared.folder_state == resume.RESUME)
         resume.rewind(output_dir, saved)
-        run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device))
+        run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device, parallel=engine))
 
     total_steps = plan.steps_per_phase * len(plan.layers)
     bar = tqdm(total=total_steps, initial=start.step, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
-    session = Session(config, plan, weights, parallelism, tokenizer, prepared.forget, prepared.retain,
-                      prepared.forget_masks, device, output_dir, bar, tracker)
+    pad = tokenizer.pad_token_id
+    session = Session(config, plan, weights, parallelism, tokenizer, Corpus(prepared.forget, pad, device, prepared.forget_masks),
+                      Corpus(prepared.retain, pad, device), device, output_dir, bar, tracker)
     try:
         # ---- train
         with preemption.stop_on_signals():
@@ -123,7 +121,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         # ---- finish: results go to *.partial folders and move into place only once all of them are done
         rank = update_rank(weights.update_deltas())  # before LoRA merges: the adapters are the update
         parallelism.release()
-        model = save_results(weights, parallelism, tokenizer, output_dir, config.unlearn.adapter, device)
+        model = save_results(weights, parallelism, tokenizer, output_dir, config, device)
         if distributed.is_main():
             if config.eval.tasks:
                 from peel.evaluation import evaluate_with, write_evaluation
@@ -132,7 +130,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
                 write_evaluation(output_dir, str(output_dir / "model"), results, baseline)
             publish_results(output_dir, config.unlearn.adapter)
             record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers,
-                                           update_rank=rank)
+                                           update_rank=rank, parallel=engine)
             run_folder.write_json(output_dir / "run.json", record)
             checkpoint.remove(output_dir)  # model/ holds the result now
         distributed.barrier()
@@ -180,31 +178,29 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
     retain_layers = retain_layer_set(unlearn.retain_layers, layer, plan.num_layers)
     order = example_order(plan.num_examples, train.epochs_per_layer, train.seed, phase)
     vocab = weights.anatomy.unembedding.weight.shape[0]
+    targets = RandomTargets(train.seed, phase, vocab) if unlearn.forget_loss == "random_ce" else None
 
     for step_in_phase in range(first_step, plan.steps_per_phase):
         p = progress(step_in_phase, plan.steps_per_phase)
         forget_coef = forget_coefficient(unlearn.remove_coef, p)
         retain_coef = retain_coefficient(unlearn.retain_coef, unlearn.retain_ramp, p)
-        indices = process_share(order, step_in_phase, train.global_batch_size)
-        micro = [indices[start : start + train.per_device_batch_size] for start in range(0, len(indices), train.per_device_batch_size)]
-        random_seed = (train.seed, phase) if unlearn.forget_loss == "random_ce" else None
-        pad_token_id, device = session.tokenizer.pad_token_id, session.device
-        forget_batches = [make_batch(session.forget, chunk, pad_token_id, device, vocab, random_seed, session.forget_masks)
-                          for chunk in micro]
-        retain_batches = [make_batch(session.retain, chunk, pad_token_id, device) for chunk in micro]
+        micro = process_share(order, step_in_phase, train.global_batch_size).split(train.per_device_batch_size)
+        forget_batches = [session.forget.batch(indices, targets) for indices in micro]
+        retain_batches = [session.retain.batch(indices) for indices in micro]
 
         statistics = compute_gradients(
             weights, session.parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
-            forget_coef, retain_coef, plan.examples_per_process,
+            forget_coef, retain_coef, plan.examples_per_process, train.loss_chunk_tokens,
         )
-        stop = statistics.pop("stop")
+        max_norm = train.max_grad_norm if train.max_grad_norm > 0 else math.inf
+        statistics["grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+        statistics = read(statistics)  # the step's one wait for the device
+        stop = statistics.pop("stop") > 0
         if not (math.isfinite(statistics["forget_loss"]) and math.isfinite(statistics["retain_loss"])):
             raise RunFailed(
                 f"non-finite loss at phase {phase} (layer {layer}) step {step_in_phase}: forget_loss="
                 f"{statistics['forget_loss']}, retain_loss={statistics['retain_loss']}; try a lower train.lr or train.dtype=float32"
             )
-        max_norm = train.max_grad_norm if train.max_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         # Every group follows one schedule: its factor times train.lr (and train.muon_lr) is the step's rate.
         factor = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["initial_lr"]
         rates = {"lr": train.lr * factor, **({"muon_lr": train.muon_lr * factor} if train.optimizer == "muon" else {})}
@@ -220,7 +216,6 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
             "forget_coef": forget_coef,
             "retain_coef": retain_coef,
             **statistics,
-            "grad_norm": float(full_tensor(grad_norm)),
             **rates,
         }
         if config.eval.every_phase and step_in_phase == plan.steps_per_phase - 1:
@@ -241,90 +236,6 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
             checkpoint.save(session.output_dir, weights, position, optimizer, scheduler)
 
 
-def compute_gradients(
-    weights, parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
-    forget_coef: float, retain_coef: float, examples_per_process: int,
-) -> dict[str, float]:
-    """Leave one optimizer step's combined gradient in each parameter's `.grad`.
-
-    Forget and retain gradients are accumulated separately over the micro-batches, averaged
-    across processes (by DDP or FSDP2, in each objective's last backward), then combined by the
-    gradient filter; L2-SP is added after the filter (it is a pull toward the original weights,
-    not a data gradient to be compared).
-    Returns the step's mean losses, the gradient norms and whether any process was asked to stop.
-    """
-    scale = 1.0 / examples_per_process  # per-example losses summed: the same step however the batch is split
-    forget_losses = backward_each(
-        parallelism, forget_batches, forget_coef,
-        lambda batch: forget_backward(weights, batch, layer, unlearn, forget_coef * scale),
-    )
-    forget_gradients = take_gradients(parameters)
-    retain_objective = RETAIN_OBJECTIVES[unlearn.retain_loss]
-    retain_losses = backward_each(
-        parallelism, retain_batches, retain_coef,
-        lambda batch: retain_objective(weights, batch, retain_layers, retain_coef * scale),
-    )
-    retain_gradients = take_gradients(parameters)
-
-    combine = GRADIENT_FILTERS[unlearn.grad_filter]
-    for parameter, forget_gradient, retain_gradient in zip(parameters, forget_gradients, retain_gradients):
-        parameter.grad = combine(forget_gradient, retain_gradient)
-    l2sp = 0.0
-    if unlearn.l2sp_coef:
-        penalty = weights.l2sp_penalty(layer)
-        (unlearn.l2sp_coef * penalty).backward()
-        l2sp = float(full_tensor(penalty.detach()))
-
-    # The stop flag and the keyword masks' token counts ride with the losses' one reduction, so
-    # every process agrees to stop after the same step (a checkpoint is collective) and the share
-    # is of all processes' tokens, without another synchronisation.
-    stop_flag = forget_losses.new_tensor(float(preemption.requested() is not None))
-    counted = sum(batch.counted.sum() for batch in forget_batches).float()
-    real = sum(batch.attention_mask.sum() for batch in forget_batches).float()
-    means = torch.stack([forget_losses.mean(), retain_losses.mean(), stop_flag, counted, real]).float()
-    distributed.all_reduce_mean([means])
-    forget_loss, retain_loss, stop, counted, real = means.tolist()
-    statistics = {
-        "stop": stop > 0,
-        "forget_loss": forget_loss,
-        "retain_loss": retain_loss,
-        "l2sp": l2sp,
-        "forget_grad_norm": norm(forget_gradients),
-        "retain_grad_norm": norm(retain_gradients),
-    }
-    if forget_batches[0].loss_mask is not None:
-        statistics["forget_token_share"] = counted / real
-    return statistics
-
-
-def backward_each(parallelism, batches, coefficient: float, objective) -> torch.Tensor:
-    """`objective` (forward and backward) on each micro-batch; the per-example losses of all.
-
-    Gradients stay on each process until the last micro-batch, whose backward reduces them.
-    With a zero coefficient no backward runs at all, so nothing is reduced: every process's
-    gradient is zero anyway.
-    """
-    losses = []
-    for index, batch in enumerate(batches):
-        with parallelism.accumulate(sync=index == len(batches) - 1 and coefficient != 0):
-            losses.append(objective(batch))
-    return torch.cat(losses)
-
-
-def take_gradients(parameters) -> list[torch.Tensor]:
-    """Detach the accumulated gradients from the parameters (zeros where none arrived)."""
-    gradients = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
-    for parameter in parameters:
-        parameter.grad = None
-    return gradients
-
-
-def norm(tensors: list[torch.Tensor]) -> float:
-    """The norm of all tensors together, computed in float32 (shards are gathered into whole norms)."""
-    norms = [full_tensor(torch.linalg.vector_norm(tensor, dtype=torch.float32)) for tensor in tensors]
-    return float(torch.linalg.vector_norm(torch.stack(norms)))
-
-
 def evaluate_model(model, tokenizer, settings) -> dict:
     """The metrics record's view of the model as it is now (adapters active): {"eval": {task:
     accuracy}, "eval_correct_prob": {task: correct_prob}}.
@@ -340,7 +251,14 @@ def evaluate_model(model, tokenizer, settings) -> dict:
     return {"eval": results["accuracy"], **({"eval_correct_prob": results["correct_prob"]} if results["correct_prob"] else {})}
 
 
-def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:
+def load(config: Config):
+    """The model to unlearn, on the host, as the config names it."""
+    model = config.model
+    return load_model(model.name_or_path, dtype=config.train.dtype, attn_implementation=model.attn_implementation,
+                      revision=model.revision, trust_remote_code=model.trust_remote_code)
+
+
+def evaluate_baseline(config: Config, model, tokenizer, device) -> dict | None:
     """The original model's evaluation, computed once per model and task set and then cached."""
     settings = config.eval
     if not settings.tasks or not distributed.is_main():
@@ -352,12 +270,12 @@ def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:
         settings.tasks,
         settings.limit,
         settings.max_length,
-        compute=lambda: evaluate_with(model, tokenizer, settings),
+        compute=lambda: evaluate_with(model.to(device), tokenizer, settings),
         revision=config.model.revision,
     )
 
 
-def save_results(weights, parallelism, tokenizer, output_dir: Path, adapter: str, device):
+def save_results(weights, parallelism, tokenizer, output_dir: Path, config: Config, device):
     """adapter.partial/ (LoRA) and model.partial/ (merged): `publish_results` moves them into place.
 
     Every process calls it (under FSDP2 the whole state dict is gathered from the shards); the main
@@ -365,6 +283,13 @@ def save_results(weights, parallelism, tokenizer, output_dir: Path, adapter: str
     state_dict = parallelism.full_state_dict()
     if not distributed.is_main():
         return None
+    adapter = config.unlearn.adapter
+    if adapter == "lora" and state_dict is not None:
+        # Sharded adapters: the main process rebuilds the LoRA model on the host from the original
+        # weights and the gathered values, and saves and merges it as in one process.
+        weights = WEIGHTS["lora"](load(config), config.unlearn.lora)
+        weights.model.load_state_dict(state_dict)
+        state_dict = None
     if adapter == "lora":
         weights.save_adapter(output_dir / "adapter.partial")
     model = weights.merged_model()
@@ -373,8 +298,8 @@ def save_results(weights, parallelism, tokenizer, output_dir: Path, adapter: str
         # The trained model is spread over all processes; the main process evaluates a whole copy.
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(output_dir / "model.partial", dtype="auto").to(device)
-    return model
+        model = AutoModelForCausalLM.from_pretrained(output_dir / "model.partial", dtype="auto")
+    return model.to(device)
 
 
 def publish_results(output_dir: Path, adapter: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -33,6 +33,12 @@ KNOWN_LAYOUTS = {
     "olmo2": ("model", "layers", "norm"),
     "gpt2": ("transformer", "h", "ln_f"),
 }
+# Types whose causal LM computes its logits as exactly unembedding(final hidden state), and those
+# that do more in a way written out here: chunked losses (chunked.py) make logits from hidden
+# states with this head. A type in neither keeps whole logits from the model's own forward: its
+# head may scale or cap the logits (Cohere's logit_scale, Granite's logits_scaling, ...).
+PLAIN_HEADS = {"gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "phi", "phi3", "olmo", "olmo2", "gpt2"}
+SOFTCAPPED_HEADS = {"gemma2"}  # logits = cap * tanh(unembedding(hidden) / cap), cap = config.final_logit_softcapping
 DECODER_NAMES = ("model", "gpt_neox", "transformer", "decoder")
 LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer")
 FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "final_norm")
@@ -48,6 +54,9 @@ class Anatomy:
     layer_list_name: str  # attribute of `decoder` holding the nn.ModuleList
     final_norm: nn.Module
     unembedding: nn.Module
+    # final hidden state -> the causal LM's logits, exactly as its forward makes them; None when
+    # peel does not know that function (such models compute losses from whole logits).
+    output_head: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -70,8 +79,21 @@ def find_anatomy(model: nn.Module) -> Anatomy:
     if model_type in KNOWN_LAYOUTS:
         decoder_name, layer_list_name, norm_name = KNOWN_LAYOUTS[model_type]
         decoder = getattr(inner, decoder_name)
-        return Anatomy(decoder, layer_list_name, getattr(decoder, norm_name), inner.get_output_embeddings())
+        unembedding = inner.get_output_embeddings()
+        return Anatomy(decoder, layer_list_name, getattr(decoder, norm_name), unembedding,
+                       output_head(model_type, inner.config, unembedding))
     return _search_anatomy(inner, model_type)
+
+
+def output_head(model_type: str, config, unembedding: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The causal LM's logits as a function of its final hidden state, or None where peel does not know it."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    if model_type in PLAIN_HEADS or (model_type in SOFTCAPPED_HEADS and cap is None):
+        return unembedding
+    if model_type in SOFTCAPPED_HEADS:
+        # Gemma 2's own order of operations: divide, tanh, multiply.
+        return lambda hidden: torch.tanh(unembedding(hidden) / cap) * cap
+    return None
 
 
 def _search_anatomy(inner: nn.Module, model_type: str | None) -> Anatomy:
@@ -190,6 +212,22 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
 
+def compile_layers(anatomy: Anatomy) -> None:
+    """Regional compilation: each decoder layer's forward goes through torch.compile, the rest stays
+    eager. Layers of one model share their code, so one compiled graph serves all of them (a few:
+    adapters on or off, with or without gradient). Only `forward` is compiled, not the module call,
+    so hooks (FSDP2's, the hidden-state capture) stay outside the compiled region."""
+    import torch._dynamo
+
+    # One code object serves every layer and every pass: with or without gradient, adapters on or
+    # off, the first layer (an input without gradient) or a later one, entered through the causal
+    # LM or the decoder, and a dynamic sequence length. That is more variants than torch's default
+    # of 8 per code object, past which it would silently run the layers eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for layer in anatomy.layers:
+        layer.forward = torch.compile(layer.forward)
+
+
 # --------------------------------------------------------------------------------------------
 # Forward passes
 
@@ -235,3 +273,8 @@ def hidden_states(
 
 def logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+def final_hidden_states(anatomy: Anatomy, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The decoder's output after the final norm: what the causal LM's head turns into logits."""
+    return anatomy.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

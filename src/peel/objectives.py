@@ -2,7 +2,9 @@
 
 Each function runs its passes, calls backward on `scale * sum(per-example loss)` and returns the
 detached per-example losses. Backward runs inside the same `original_from` context as forward,
-so gradient checkpointing recomputes exactly what the forward computed.
+so gradient checkpointing recomputes exactly what the forward computed. Losses on logits read
+them through `chunked.Outputs`: whole, or made a chunk of positions at a time from the final
+hidden states when the micro-batch has more than `chunk_tokens` tokens (chunked.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from peel import losses
-from peel.models import hidden_states, logits
+from peel.chunked import Outputs, chunk_width, token_means, token_values
+from peel.models import final_hidden_states, hidden_states, logits
 
 
 @dataclass
@@ -28,32 +31,53 @@ class Batch:
         return self.attention_mask if self.loss_mask is None else self.attention_mask * self.loss_mask
 
 
+def model_outputs(weights, batch: Batch, chunk_tokens: int) -> Outputs:
+    """The model's outputs on `batch` as the token losses read them: the final hidden states, to be
+    made into logits chunk by chunk, when chunks save memory and the model's head is known
+    exactly; else the model's own whole logits."""
+    head = weights.anatomy.output_head
+    width = None if head is None else chunk_width(*batch.input_ids.shape, chunk_tokens)
+    if width is None:
+        return Outputs(logits(weights.model, batch.input_ids, batch.attention_mask))
+    return Outputs(final_hidden_states(weights.anatomy, batch.input_ids, batch.attention_mask), head, width)
+
+
 def _backward(per_example: torch.Tensor, scale: float) -> None:
     # A zero coefficient (the first step of a from_zero ramp) contributes no gradient: skip the pass.
     if scale != 0:
         (scale * per_example.sum()).backward()
 
 
-# Forget losses on the probe's logits: (probe logits, batch, the original model's next-token
+# Forget losses on the probe: (the probe's outputs, batch, the original model's next-token
 # log-probabilities or None, the unlearn settings) -> one loss per example.
 
 
-def random_ce_of_probe(probe_logits, batch: Batch, reference, unlearn) -> torch.Tensor:
-    return losses.random_ce(probe_logits, batch.counted, batch.random_targets)
+def random_ce_of_probe(probe: Outputs, batch: Batch, reference, unlearn) -> torch.Tensor:
+    return token_means(losses.random_ce_tokens, [probe], [batch.random_targets], batch.counted)
 
 
-def max_entropy_kl_of_probe(probe_logits, batch: Batch, reference, unlearn) -> torch.Tensor:
-    return losses.max_entropy_kl(probe_logits, batch.counted)
+def max_entropy_kl_of_probe(probe: Outputs, batch: Batch, reference, unlearn) -> torch.Tensor:
+    return token_means(losses.max_entropy_kl_tokens, [probe], [], batch.counted)
 
 
-def top_k_entropy_of_probe(probe_logits, batch: Batch, reference, unlearn) -> torch.Tensor:
-    return losses.top_k_entropy(probe_logits, batch.counted, unlearn.top_k)
+def top_k_entropy_of_probe(probe: Outputs, batch: Batch, reference, unlearn) -> torch.Tensor:
+    return token_means(lambda logits: losses.top_k_entropy_tokens(logits, unlearn.top_k), [probe], [], batch.counted)
 
 
-def npo_of_probe(probe_logits, batch: Batch, reference, unlearn) -> torch.Tensor:
-    # Token t+1 is the one whose probability falls: the mask of the predicted token counts.
-    log_probs = losses.next_token_log_probs(probe_logits, batch.input_ids)
-    return losses.npo(log_probs, reference, batch.counted[:, 1:], unlearn.npo_beta, unlearn.npo_per_token)
+def npo_of_probe(probe: Outputs, batch: Batch, reference, unlearn) -> torch.Tensor:
+    # Position t predicts token t+1, whose probability falls: the mask of the predicted token counts.
+    mask, next_tokens, beta = batch.counted[:, 1:], batch.input_ids[:, 1:], unlearn.npo_beta
+    if unlearn.npo_per_token:
+        def per_token(logits, tokens, reference_log_probs):
+            return losses.npo_tokens(losses.token_log_probs(logits, tokens), reference_log_probs, beta)
+
+        return token_means(per_token, [probe.shifted()], [next_tokens, reference], mask)
+
+    # Per sequence: the log-ratios are averaged over the tokens first, the nonlinearity comes after.
+    def log_ratio(logits, tokens, reference_log_probs):
+        return losses.token_log_probs(logits, tokens) - reference_log_probs
+
+    return losses.npo_of_mean_ratio(token_means(log_ratio, [probe.shifted()], [next_tokens, reference], mask), beta)
 
 
 # `unlearn.forget_loss` -> (the loss of the probe, whether it compares with the original model).
@@ -65,7 +89,7 @@ FORGET_OBJECTIVES = {
 }
 
 
-def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float) -> torch.Tensor:
+def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float, chunk_tokens: int = 0) -> torch.Tensor:
     """The probe: current layers up to `layer`, original layers after, pushed by the forget loss.
 
     A loss that compares with the original model (NPO) gets the original's log-probabilities of
@@ -76,18 +100,19 @@ def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float) ->
     reference = None
     if needs_reference:
         with torch.no_grad(), weights.original_from(0):
-            reference = losses.next_token_log_probs(logits(weights.model, batch.input_ids, batch.attention_mask), batch.input_ids)
+            original = model_outputs(weights, batch, chunk_tokens).shifted()
+            reference = token_values(losses.token_log_probs, [original], [batch.input_ids[:, 1:]])
     with weights.original_from(layer + 1):
-        probe_logits = logits(weights.model, batch.input_ids, batch.attention_mask)
-        per_example = loss(probe_logits, batch, reference, unlearn)
-        # The loss keeps what its backward needs; the [batch, tokens, vocab] logits themselves
+        probe = model_outputs(weights, batch, chunk_tokens)
+        per_example = loss(probe, batch, reference, unlearn)
+        # The loss keeps what its backward needs; whole [batch, tokens, vocab] logits themselves
         # are not, and releasing them lowers the step's peak by one such tensor.
-        del probe_logits
+        del probe
         _backward(per_example, scale)
     return per_example.detach()
 
 
-def l2_retain_backward(weights, batch: Batch, layers: list[int], scale: float) -> torch.Tensor:
+def l2_retain_backward(weights, batch: Batch, layers: list[int], scale: float, chunk_tokens: int = 0) -> torch.Tensor:
     """Hidden-state distance to the original at `layers`; both passes stop at the deepest of them."""
     with torch.no_grad(), weights.original_from(0):
         reference = hidden_states(weights.anatomy, batch.input_ids, batch.attention_mask, layers)
@@ -97,18 +122,23 @@ def l2_retain_backward(weights, batch: Batch, layers: list[int], scale: float) -
     return per_example.detach()
 
 
-def kl_retain_backward(weights, batch: Batch, layers: list[int], scale: float) -> torch.Tensor:
+def kl_retain_backward(weights, batch: Batch, layers: list[int], scale: float, chunk_tokens: int = 0) -> torch.Tensor:
+    """KL(original || current) of the next-token distributions (chunked: the original's logits are
+    made from its final hidden states chunk by chunk too, never kept whole)."""
     with torch.no_grad(), weights.original_from(0):
-        reference = logits(weights.model, batch.input_ids, batch.attention_mask)
-    current = logits(weights.model, batch.input_ids, batch.attention_mask)
-    per_example = losses.kl_divergence(reference, current, batch.attention_mask)
+        reference = model_outputs(weights, batch, chunk_tokens)
+    current = model_outputs(weights, batch, chunk_tokens)
+    per_example = token_means(lambda current_logits, reference_logits: losses.kl_tokens(reference_logits, current_logits),
+                              [current, reference], [], batch.attention_mask)
+    del current, reference
     _backward(per_example, scale)
     return per_example.detach()
 
 
-def nll_retain_backward(weights, batch: Batch, layers: list[int], scale: float) -> torch.Tensor:
-    current = logits(weights.model, batch.input_ids, batch.attention_mask)
-    per_example = losses.next_token_nll(current, batch.input_ids, batch.attention_mask)
+def nll_retain_backward(weights, batch: Batch, layers: list[int], scale: float, chunk_tokens: int = 0) -> torch.Tensor:
+    current = model_outputs(weights, batch, chunk_tokens).shifted()
+    per_example = token_means(losses.nll_tokens, [current], [batch.input_ids[:, 1:]], batch.attention_mask[:, 1:])
+    del current
     _backward(per_example, scale)
     return per_example.detach()
 

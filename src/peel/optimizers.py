@@ -99,7 +99,8 @@ def make_optimizer(name: str, parameters: list[nn.Parameter], anatomy, lr: float
         embeddings.append(input_embeddings.weight)
     excluded = {id(weight) for weight in embeddings}
     if name == "muon" and any(isinstance(parameter, DTensor) for parameter in parameters):
-        raise PeelError("train.optimizer=muon with full fine-tuning on several processes is not supported: Muon's update "
-                        "needs whole matrices and FSDP2 holds shards; accepted: one process, or unlearn.adapter=lora")
+        raise PeelError("train.optimizer=muon under FSDP2 is not supported: Muon's update needs whole matrices and FSDP2 "
+                        "holds shards (full fine-tuning on several processes, or LoRA sharded by train.parallel=fsdp or by "
+                        "auto for a model too large for one device); accepted: one process, or LoRA with train.parallel=ddp")
     return OPTIMIZERS[name](parameters, lr=lr, weight_decay=weight_decay, muon_lr=muon_lr,
                             muon_momentum=muon_momentum, excluded=excluded)

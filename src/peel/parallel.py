@@ -1,4 +1,12 @@
-"""One run over the processes torchrun starts: DDP for LoRA, FSDP2 (`fully_shard`) for full fine-tuning.
+"""One run over the processes torchrun starts: DDP, or FSDP2 (`fully_shard`) where weights are sharded.
+
+Which engine (`train.parallel`, `choose`): full fine-tuning is always sharded with FSDP2. LoRA
+uses DDP while the model fits one device and FSDP2 otherwise (`auto`), or what is asked
+(`ddp`, `fsdp`). "Fits" is an estimate made once, from the loaded weights: they take at most
+half of one device's memory (a GPU's total memory; on CPU, the host's memory divided among the
+processes on it), leaving the other half for activations, a chunk of logits, the adapters and
+their optimizer state. DDP keeps a whole copy per process and needs no gathering; FSDP2 holds
+a shard of every layer per process and gathers each layer for each pass.
 
 The engine runs several passes per optimizer step and keeps two gradients apart, so the standard
 engines are used in a particular way. Why each choice is correct:
@@ -19,7 +27,10 @@ engines are used in a particular way. Why each choice is correct:
   exit skips later layers altogether. DDP is told (`find_unused_parameters`) to look at what each
   pass used instead of waiting for gradients that never come.
 - Per-layer freezing is plain `requires_grad`: FSDP2 copies each sharded parameter's flag to the
-  unsharded parameter it gathers, so a frozen layer computes and reduces no weight gradient.
+  unsharded parameter it gathers, so a frozen layer computes and reduces no weight gradient; with
+  LoRA, a layer's frozen base weights and trainable adapters are one unit, and only the adapters'
+  gradients are reduced. Adapters switched off (the probe's later layers) or skipped (early exit)
+  get no gradient in that pass, and FSDP2 reduces only gradients that exist.
 
 With one process there is nothing to wrap (`Local`), and the engine's code path is the same.
 """
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from typing import Iterator
 
 import torch
@@ -83,6 +95,17 @@ class _DecoderForward(nn.Module):
         return type(self.decoder).forward(self.decoder, *args, **kwargs)
 
 
+def check_adapters_inside_decoder(weights) -> None:
+    """Both engines sit on the decoder: a trainable parameter outside it would train unreduced."""
+    inside = {id(parameter) for parameter in weights.anatomy.decoder.parameters()}
+    outside = [name for name, parameter in weights.model.named_parameters() if parameter.requires_grad and id(parameter) not in inside]
+    if outside:
+        raise PeelError(
+            f"under torchrun, adapters must sit in the decoder, where DDP / FSDP2 reduce their gradients; {outside[0]} "
+            "is outside it (remove the unembedding from unlearn.lora.target_modules)"
+        )
+
+
 class Replicated:
     """DDP for LoRA: every process holds the whole model; adapter gradients are all-reduced (averaged).
 
@@ -95,15 +118,9 @@ class Replicated:
     def __init__(self, weights):
         from torch.nn.parallel import DistributedDataParallel
 
+        check_adapters_inside_decoder(weights)
         self.weights = weights
         self.decoder = weights.anatomy.decoder
-        inside = {id(parameter) for parameter in self.decoder.parameters()}
-        outside = [name for name, parameter in weights.model.named_parameters() if parameter.requires_grad and id(parameter) not in inside]
-        if outside:
-            raise PeelError(
-                f"under torchrun, adapters must sit in the decoder, where DDP reduces their gradients; {outside[0]} "
-                "is outside it (remove the unembedding from unlearn.lora.target_modules)"
-            )
         # Buffers never change in training, so they are not re-sent each forward (torch >= 2.13 names
         # that option forward_sync_buffers; earlier versions broadcast_buffers).
         options = inspect.signature(DistributedDataParallel).parameters
@@ -129,27 +146,31 @@ class Replicated:
 
 
 class Sharded:
-    """FSDP2 for full fine-tuning: every decoder layer is a `fully_shard` unit; the decoder is the root.
+    """FSDP2: every decoder layer is a `fully_shard` unit; the decoder is the root.
 
     Parameters, gradients and optimizer state of a layer are split across processes and gathered
     for each pass. Layers reshard after every forward, so a layer's next gather always reads its
     current shards; `FullWeights` swaps original values into those same shards for the probe,
-    so FSDP2 serves the original layers without a module outside its tree.
+    so FSDP2 serves the original layers without a module outside its tree. The model may arrive
+    on the host: `fully_shard` moves each layer to the device as it shards it, so no process ever
+    holds the whole model there.
     """
 
     def __init__(self, weights):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        check_adapters_inside_decoder(weights)
         self.weights = weights
         self.decoder = weights.anatomy.decoder
-        device = next(self.decoder.parameters()).device
+        device = distributed.device()
         mesh = init_device_mesh(device.type, (distributed.world_size(),))
         for layer in weights.anatomy.layers:
             fully_shard(layer, mesh=mesh, reshard_after_forward=True)
         # The decoder (embeddings, final norm) is the root, not the causal LM: early-exit passes call
         # it directly, and FSDP2 requires the first forward of each iteration to enter at the root.
         fully_shard(self.decoder, mesh=mesh)
+        weights.model.to(device)  # what lies outside the decoder (the unembedding); shards are there already
 
     @contextlib.contextmanager
     def accumulate(self, sync: bool) -> Iterator[None]:
@@ -171,9 +192,27 @@ class Sharded:
         pass
 
 
-# `unlearn.adapter` -> the engine that spreads it over processes (one process: `Local`).
-ENGINES = {"lora": Replicated, "full": Sharded}
+# The engine `choose` names -> how it spreads the weights over processes.
+ENGINES = {"local": Local, "ddp": Replicated, "fsdp": Sharded}
+FIT_SHARE = 0.5  # a model "fits one device" when its weights take at most this share of the device's memory
 
 
-def wrap(weights, adapter: str):
-    return ENGINES[adapter](weights) if distributed.world_size() > 1 else Local(weights)
+def choose(requested: str, adapter: str, model: torch.nn.Module, device: torch.device) -> str:
+    """The engine of this run: `local` in one process; else `train.parallel`, with `auto` made
+    concrete (the same answer on every process). Full fine-tuning is always `fsdp`."""
+    if distributed.world_size() == 1:
+        return "local"
+    if adapter == "full":
+        return "fsdp"
+    if requested != "auto":
+        return requested
+    weight_bytes = sum(tensor.numel() * tensor.element_size() for tensor in model.parameters())
+    return "ddp" if distributed.all_agree(weight_bytes <= FIT_SHARE * device_memory(device)) else "fsdp"
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes one process may count on: a GPU's total memory, or the host's divided among its processes."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return host // int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))

@@ -73,6 +73,19 @@ def make_plan(config: Config, num_layers: int, world_size: int, num_examples: in
     )
 
 
+def check_parallel(config: Config, world_size: int) -> None:
+    """Combinations of engine, adapter and optimizer that cannot run, refused before anything loads."""
+    train, adapter = config.train, config.unlearn.adapter
+    if train.parallel == "ddp" and adapter == "full":
+        raise PeelError("train.parallel=ddp with unlearn.adapter=full: full fine-tuning is sharded with FSDP2; "
+                        "accepted: train.parallel auto or fsdp")
+    sharded = adapter == "full" or train.parallel == "fsdp"
+    if train.optimizer == "muon" and sharded and world_size > 1:
+        raise PeelError(f"train.optimizer=muon under FSDP2 ({world_size} processes, unlearn.adapter={adapter}, "
+                        f"train.parallel={train.parallel}) is not supported: Muon's update needs whole matrices and FSDP2 "
+                        "holds shards; accepted: one process, or LoRA with train.parallel ddp or auto")
+
+
 @dataclass
 class Prepared:
     """A run checked from end to end, before any weights load (what --dry-run shows)."""
@@ -94,6 +107,7 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     model = config.model
     model_config = load_model_config(model.name_or_path, model.revision, model.trust_remote_code)
     check_layers(config, model_config.num_hidden_layers)  # cheap, so before the corpora load
+    check_parallel(config, distributed.world_size())
     unlearn = config.unlearn
     if unlearn.forget_loss == "top_k_entropy" and unlearn.top_k > model_config.vocab_size:
         raise PeelError(f"unlearn.top_k={unlearn.top_k} is larger than the vocabulary ({model_config.vocab_size}); "
