@@ -10,6 +10,7 @@ must take part in.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,21 @@ def test_lora_with_ddp_matches_one_process(tiny_models, corpora, tmp_path, on_cp
     assert json.loads((tmp_path / "two" / "run.json").read_text())["status"] == "completed"
 
 
+def test_lora_with_fsdp2_matches_one_process(tiny_models, corpora, tmp_path, on_cpu):
+    """LoRA sharded (train.parallel=fsdp, as auto chooses for a model larger than one device), with
+    L2-SP on the adapters' deltas and chunked losses: the run of one process, adapter included."""
+    one, two = run_both_ways(tiny_models["gpt_neox"], corpora, tmp_path, "unlearn.adapter=lora", "train.parallel=fsdp",
+                             "unlearn.l2sp_coef=0.1", "train.loss_chunk_tokens=16")
+    assert_same_run(one, two)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["parallel"] == "fsdp"
+    ranks = [json.loads((tmp_path / name / "run.json").read_text())["update_rank"] for name in ("one", "two")]
+    assert ranks[1] == pytest.approx(ranks[0], rel=1e-4)  # the adapters' deltas gathered whole from their shards
+    adapters = [load_file(tmp_path / name / "adapter" / "adapter_model.safetensors") for name in ("one", "two")]
+    assert adapters[0].keys() == adapters[1].keys() and adapters[0]
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=1e-4, atol=1e-5)
+
+
 def test_full_fine_tuning_with_fsdp2_matches_one_process(tiny_models, corpora, tmp_path, on_cpu, monkeypatch):
     from peel import testbed
 
@@ -136,3 +152,66 @@ def test_adapters_outside_the_decoder_are_refused_under_ddp(tiny_models, tmp_pat
             parallel.Replicated(weights)
     finally:
         dist.destroy_process_group()
+
+
+def test_lora_under_fsdp2_resumes_after_preemption(tiny_models, corpora, tmp_path, on_cpu):
+    """Stopped by the scheduler's signal under torchrun and run again: the uninterrupted run, exactly
+    (that one equals one process's run, as the test above shows)."""
+    from test_preemption import wait_for_steps
+    from test_resume import metrics, settings, steps_written
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("notes: LoRA under FSDP2, resumed\n")
+    common = ["train.checkpoint_every=0", "train.epochs_per_layer=2", "unlearn.adapter=lora", "train.per_device_batch_size=2",
+              "train.parallel=fsdp"]
+    arguments = settings(tiny_models["gpt_neox"], corpora, tmp_path / "stopped", *common)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "peel", "unlearn", str(config_file), *arguments]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_environment())
+    wait_for_steps(process, tmp_path / "stopped", 2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=180)
+    assert json.loads((tmp_path / "stopped" / "run.json").read_text())["status"] == "preempted", stderr[-3000:]
+    assert 0 < steps_written(tmp_path / "stopped") < 48
+    assert (tmp_path / "stopped" / "checkpoint.safetensors").exists()
+
+    resumed = torchrun(2, [str(config_file), *arguments])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = torchrun(2, [str(config_file), *settings(tiny_models["gpt_neox"], corpora, tmp_path / "straight", *common)])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert [r["step"] for r in metrics(tmp_path / "stopped")] == list(range(1, 49))
+    assert metrics(tmp_path / "stopped") == metrics(tmp_path / "straight")
+    after, expected = read_run(tmp_path / "stopped")[1], read_run(tmp_path / "straight")[1]
+    assert all(torch.equal(after[name], expected[name]) for name in expected)
+
+
+def test_engine_choice(tiny_models, monkeypatch):
+    """auto: DDP for LoRA while the weights take at most half a device, FSDP2 beyond; full: FSDP2."""
+    from peel import distributed, parallel
+    from peel.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(str(tiny_models["llama"]))
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    cpu = torch.device("cpu")
+    for memory, expected in ((2 * weight_bytes, "ddp"), (2 * weight_bytes - 1, "fsdp")):
+        monkeypatch.setattr(parallel, "device_memory", lambda device, memory=memory: memory)
+        assert parallel.choose("auto", "lora", model, cpu) == expected
+    assert parallel.choose("ddp", "lora", model, cpu) == "ddp"
+    assert parallel.choose("auto", "full", model, cpu) == "fsdp"
+    monkeypatch.setattr(distributed, "world_size", lambda: 1)
+    assert parallel.choose("fsdp", "lora", model, cpu) == "local"
+
+
+@pytest.mark.parametrize("overrides, world_size, message", [
+    (["train.parallel=ddp", "unlearn.adapter=full"], 1, "full fine-tuning is sharded with FSDP2"),
+    (["train.optimizer=muon", "unlearn.adapter=full"], 2, "Muon's update needs whole matrices"),
+    (["train.optimizer=muon", "train.parallel=fsdp"], 2, "Muon's update needs whole matrices"),
+])
+def test_engines_that_cannot_run_are_refused(overrides, world_size, message):
+    from peel.errors import PeelError
+    from peel.planning import check_parallel
+
+    with pytest.raises(PeelError, match=message):
+        check_parallel(load_config(None, overrides), world_size)
+    check_parallel(load_config(None, ["train.optimizer=muon"]), world_size)  # LoRA under DDP (or one process) takes Muon

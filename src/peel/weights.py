@@ -78,12 +78,14 @@ class LoraWeights:
         return torch.stack(deltas).sum()
 
     def update_deltas(self) -> Iterator[torch.Tensor]:
-        """W - W0 of every adapted matrix: the adapter's merged delta (B A scaled)."""
+        """W - W0 of every adapted matrix: the adapter's merged delta (B A scaled), whole under FSDP2 too."""
+        from peel.parallel import full_tensor
+
         for layer in self.adapters_by_layer:
             for module in layer:
                 for name in module.active_adapters:
                     if name in module.lora_A:
-                        yield module.get_delta_weight(name).detach()
+                        yield full_tensor(module.get_delta_weight(name).detach())
 
     def save_adapter(self, folder) -> None:
         self.model.save_pretrained(folder, safe_serialization=True)
