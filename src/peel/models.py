@@ -251,24 +251,53 @@ def truncated(anatomy: Anatomy, num_layers: int) -> Iterator[None]:
         setattr(anatomy.decoder, anatomy.layer_list_name, full)
 
 
+class LayerCapture:
+    """Forward hooks on every decoder layer, registered once per model (not per pass): each keeps
+    the output of its layer while a pass asks for it, and costs one set lookup otherwise.
+
+    Each layer holds (capture, its index) and the hook reads them from the layer it runs on, so a
+    deep copy of the model gets its own capture rather than feeding the original's."""
+
+    def __init__(self, layers: nn.ModuleList):
+        self.wanted: frozenset[int] = frozenset()
+        self.captured: dict[int, torch.Tensor] = {}
+        for index, layer in enumerate(layers):
+            layer.__dict__["_peel_capture"] = (self, index)
+            layer.register_forward_hook(_keep_layer_output)
+
+    def keep(self, index: int, output) -> None:
+        if index in self.wanted:
+            self.captured[index] = layer_output(output)
+
+    @contextlib.contextmanager
+    def capturing(self, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+        self.wanted, self.captured = frozenset(layers), {}
+        try:
+            yield self.captured
+        finally:
+            self.wanted, self.captured = frozenset(), {}
+
+
+def _keep_layer_output(module: nn.Module, args, output) -> None:
+    capture, index = module.__dict__["_peel_capture"]
+    capture.keep(index, output)
+
+
+def layer_capture(anatomy: Anatomy) -> LayerCapture:
+    """The model's capture hooks, made the first time they are asked for (kept on the decoder module)."""
+    capture = anatomy.decoder.__dict__.get("_peel_layer_capture")
+    if capture is None:
+        capture = anatomy.decoder.__dict__["_peel_layer_capture"] = LayerCapture(anatomy.layers)
+    return capture
+
+
 def hidden_states(
     anatomy: Anatomy, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
 ) -> dict[int, torch.Tensor]:
     """Outputs of the given decoder layers, stopping after the deepest one."""
-    captured: dict[int, torch.Tensor] = {}
-    handles = [
-        anatomy.layers[index].register_forward_hook(
-            lambda module, args, output, index=index: captured.__setitem__(index, layer_output(output))
-        )
-        for index in layers
-    ]
-    try:
-        with truncated(anatomy, max(layers) + 1):
-            anatomy.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {index: captured[index] for index in layers}
+    with layer_capture(anatomy).capturing(layers) as captured, truncated(anatomy, max(layers) + 1):
+        anatomy.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return {index: captured[index] for index in layers}
 
 
 def logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,10 @@ class LoraWeights:
         self.adapters_by_layer = [
             [module for module in layer.modules() if isinstance(module, LoraLayer)] for layer in self.anatomy.layers
         ]
+        # The adapters each `original_from(first_layer)` switches, listed once rather than per pass.
+        self.adapters_from = [
+            [module for layer in self.adapters_by_layer[first:] for module in layer] for first in range(len(self.adapters_by_layer) + 1)
+        ]
 
     def begin_phase(self, layer: int) -> None:
         """Nothing changes between phases: every adapter keeps training."""
@@ -57,7 +61,7 @@ class LoraWeights:
 
     @contextlib.contextmanager
     def original_from(self, first_layer: int) -> Iterator[None]:
-        switched = [module for layer in self.adapters_by_layer[first_layer:] for module in layer]
+        switched = self.adapters_from[min(first_layer, len(self.adapters_from) - 1)]
         # The private flag, not `enable_adapters`: that would also flip requires_grad.
         for module in switched:
             module._disable_adapters = True
