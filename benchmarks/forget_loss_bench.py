@@ -10,8 +10,9 @@ the same model, batches and settings), with the forget loss swapped:
 - keyword_mask     max_entropy_kl with half the tokens masked out, as a keyword list does.
 
 Times are interleaved in one process (read the ratios); peak memory comes from one fresh process
-per variant. A second model would show as a peak grown by about the model's size (`model_mb`);
-the extra memory each variant needs is reported beside it.
+per variant, one at a time, before the timing process builds its models. A second model would
+show as a peak grown by about the model's size (`model_mb`); the extra memory each variant needs
+is reported beside it.
 
     python benchmarks/forget_loss_bench.py --quick --output /tmp/forget_quick.json
     python benchmarks/forget_loss_bench.py --output benchmarks/results/cpu-forget-losses-pythia160m-fp32.json
@@ -22,21 +23,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_bench import (  # noqa: E402  (the step benchmark's model, batches and peel step, shared)
-    HEADLINE, MODES, QUICK, Clock, Settings, build_model, environment, make_batch, peak_rss_mb, peel_variant,
-    peel_weights, tensor_bytes,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stepbench package beside this file
+from stepbench import hardware, memory  # noqa: E402
+from stepbench.timing import Clock, interleave  # noqa: E402
+from stepbench.variants import peel_variant, peel_weights  # noqa: E402
+from stepbench.workload import MODES, Settings, build_model, make_batch, tensor_bytes  # noqa: E402
+from step_bench import PRESETS  # noqa: E402
 
 from peel.config import UnlearnConfig  # noqa: E402
 
@@ -56,65 +55,25 @@ def variant_step(model, mode: str, name: str, settings: Settings, clock: Clock):
     return peel_variant(peel_weights(model, mode, settings), settings, settings.layer, clock, unlearn)
 
 
-def forget_batch(settings: Settings, name: str):
-    """The step benchmark's forget batch, with every other token masked out for the keyword variant."""
-    batch = make_batch(settings, 1, with_targets=False)
+def batches(settings: Settings, name: str):
+    """The step benchmark's batches, with every other forget token masked out for the keyword variant."""
+    forget = make_batch(settings, 1, with_targets=False)
     _, share = VARIANTS[name]
     if share is not None:
-        keep = torch.zeros_like(batch.attention_mask)
+        keep = torch.zeros_like(forget.attention_mask)
         keep[:, :: round(1 / share)] = 1
-        batch.loss_mask = keep
-    return batch
+        forget.loss_mask = keep
+    return forget, make_batch(settings, 2, with_targets=False)
 
 
 def time_mode(base_model, mode: str, settings: Settings) -> dict:
     clock = Clock(settings.device)
-    names = list(VARIANTS)
-    steps = {name: variant_step(copy.deepcopy(base_model), mode, name, settings, clock) for name in names}
-    forget = {name: forget_batch(settings, name) for name in names}
-    retain = make_batch(settings, 2, with_targets=False)
-    step_ms = {name: [] for name in names}
-    for round_index in range(settings.warmup + settings.steps):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            clock.start()
-            steps[name](forget[name], retain)
-            if round_index >= settings.warmup:
-                step_ms[name].append(sum(clock.parts.values()))
-        print(f"  {mode} round {round_index + 1}/{settings.warmup + settings.steps}: "
-              + ", ".join(f"{name} {step_ms[name][-1]:.0f} ms" for name in names if step_ms[name]), flush=True)
-    # Ratios within a round share the machine's load of that moment: their median is the steadiest.
-    paired = {name: round(statistics.median(a / b for a, b in zip(step_ms[name], step_ms[BASELINE])), 3) for name in names}
-    return {"step_ms": {name: round(statistics.median(values), 1) for name, values in step_ms.items()},
-            "time_vs_max_entropy_kl": paired}
-
-
-def memory_worker(mode: str, name: str, settings: Settings) -> dict:
-    model = build_model(settings)
-    clock = Clock(settings.device)
-    step = variant_step(model, mode, name, settings, clock)
-    forget, retain = forget_batch(settings, name), make_batch(settings, 2, with_targets=False)
-    cuda = settings.device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(settings.memory_steps):
-        clock.start()
-        step(forget, retain)
-    return {"peak_mb": round(torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb(), 1)}
-
-
-def measure_memory(mode: str, settings: Settings) -> dict[str, float]:
-    def run(name: str) -> tuple[str, float]:
-        command = [sys.executable, __file__, "--worker", mode, name, json.dumps(asdict(settings))]
-        completed = subprocess.run(command, capture_output=True, text=True)
-        if completed.returncode:
-            raise RuntimeError(f"memory worker {mode}/{name} failed:\n{completed.stderr[-3000:]}")
-        return name, json.loads(completed.stdout.strip().splitlines()[-1])["peak_mb"]
-
-    jobs = 1 if settings.device.startswith("cuda") else settings.memory_jobs
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return dict(pool.map(run, VARIANTS))
+    data = {name: batches(settings, name) for name in VARIANTS}
+    built = {name: variant_step(copy.deepcopy(base_model), mode, name, settings, clock) for name in VARIANTS}
+    timings = interleave({name: lambda name=name: built[name](*data[name]) for name in VARIANTS},
+                         clock, settings.warmup, settings.steps, mode)
+    return {"step_ms": {name: round(timings.median(name), 1) for name in VARIANTS},
+            "time_vs_max_entropy_kl": {name: timings.paired(name, BASELINE) for name in VARIANTS}}
 
 
 def markdown(result: dict) -> str:
@@ -142,21 +101,23 @@ def main(argv=None) -> dict | None:
         mode, name, text = args.worker
         settings = Settings(**json.loads(text))
         torch.set_num_threads(settings.threads)
-        print(json.dumps(memory_worker(mode, name, settings)))
+        build = lambda model, clock: variant_step(model, mode, name, settings, clock)
+        print(json.dumps(memory.worker(build, lambda: batches(settings, name), settings)))
         return None
 
-    preset = dict(QUICK if args.quick else HEADLINE)
+    preset = dict(PRESETS["quick" if args.quick else "headline"])
     preset |= {key: getattr(args, key) for key in ("model", "steps") if getattr(args, key) is not None}
     settings = Settings(**preset, modes=args.modes.split(","), threads=args.threads, device=args.device,
                         forget_loss="max_entropy_kl", retain_layers="all")
     torch.set_num_threads(settings.threads)
     started = time.time()
+    result = {**hardware.environment(settings), "settings": asdict(settings), "modes": {}}
+    peaks = {mode: memory.measure(__file__, mode, VARIANTS, settings) for mode in settings.modes}
     base_model = build_model(settings)
-    result = {**environment(settings), "settings": asdict(settings), "model_mb": round(tensor_bytes(base_model) / 2**20, 1),
-              "modes": {}}
+    result["model_mb"] = round(tensor_bytes(base_model) / 2**20, 1)
     for mode in settings.modes:
         row = time_mode(base_model, mode, settings)
-        row["peak_mb"] = measure_memory(mode, settings)
+        row["peak_mb"] = {name: measured["peak_mb"] for name, measured in peaks[mode].items()}
         row["extra_peak_mb"] = {name: round(peak - row["peak_mb"][BASELINE], 1) for name, peak in row["peak_mb"].items()}
         result["modes"][mode] = row
     result["wall_s"] = round(time.time() - started, 1)

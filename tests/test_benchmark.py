@@ -1,5 +1,6 @@
 """The step benchmark's quick preset on a tiny model: it runs, writes every key, and its two-copy
-reference computes the same losses as peel (else its timings would compare different work)."""
+reference computes the same losses as peel (else its timings would compare different work); its
+presets and its table of device peaks."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "step_bench.py"
 MODE_KEYS = {
     "peel_ms", "reference_ms", "floor_ms", "peel_peak_mb", "reference_peak_mb", "floor_peak_mb",
-    "time_vs_reference", "time_vs_floor", "memory_vs_reference", "first_step_losses", "losses_agree",
+    "time_vs_reference", "time_vs_floor", "memory_vs_reference", "first_step_losses", "losses_agree", "rates", "gflops",
 }
 
 
@@ -44,6 +48,10 @@ def test_quick_preset_writes_results_and_reference_matches_peel(tmp_path):
             for peel_value, reference_value in zip(peel_step, reference_step):
                 assert abs(peel_value - reference_value) <= 1e-4 * max(1.0, abs(reference_value))
         assert row["losses_agree"]
+        rates = row["rates"]
+        for name in ("peel", "reference", "floor"):  # counted FLOPs over the median step time
+            assert rates["tflops_per_s"][name] == pytest.approx(row["gflops"][name] / row[f"{name}_ms"], rel=0.02)
+        assert rates["peak_tflops_per_s"] is None and rates["share_of_peak"] is None  # no peak for a CPU
     originals = result["full_original_weights"]
     assert originals["held_mb"] <= originals["bound_mb"]
     assert [row["layer"] for row in result["target_layer_sweep"]["rows"]] == [0, 3]
@@ -62,3 +70,30 @@ def test_forget_loss_benchmark_reports_every_variant(tmp_path):
     assert set(row["step_ms"]) == set(row["peak_mb"]) == {"max_entropy_kl", "top_k_entropy", "npo", "keyword_mask"}
     assert row["time_vs_max_entropy_kl"]["max_entropy_kl"] == 1.0 and row["extra_peak_mb"]["max_entropy_kl"] == 0.0
     assert all(value > 0 for value in row["step_ms"].values())
+
+
+def test_long_preset_is_the_issues_shape():
+    settings, _ = load_benchmark().parse_settings(["--preset", "long", "--threads", "2"])
+    assert (settings.model, settings.batch_size, settings.seq_len) == ("pythia-160m", 2, 2048)
+    assert (settings.forget_loss, settings.retain_layers, settings.modes) == ("max_entropy_kl", "all", ["lora"])
+    assert settings.memory_jobs == 1 and settings.threads == 2 and settings.loss_chunk_tokens == 1024
+
+
+@pytest.mark.parametrize("device_name, dtype, peak", [
+    ("NVIDIA H200", "bfloat16", 989.5),
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989.5),
+    ("NVIDIA H100 PCIe", "bfloat16", 756.5),
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
+    ("NVIDIA A100-SXM4-80GB", "float32", None),  # the table holds bf16 tensor-core peaks only
+    ("Some Future GPU", "bfloat16", None),
+])
+def test_dense_peak_of_known_devices(monkeypatch, device_name, dtype, peak):
+    load_benchmark()
+    from stepbench import hardware
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: device_name)
+    assert hardware.dense_peak_tflops("cuda", dtype) == peak
+    assert hardware.dense_peak_tflops("cpu", "bfloat16") is None
+    rates = hardware.achieved({"peel": 100.0}, {"peel": 0.5}, peak)  # 100 GFLOP in 0.5 ms: 200 TFLOP/s
+    assert rates["tflops_per_s"]["peel"] == 200.0
+    assert rates["share_of_peak"] == (None if peak is None else {"peel": pytest.approx(200.0 / peak, rel=1e-3)})
