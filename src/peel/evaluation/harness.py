@@ -1,4 +1,4 @@
-"""Run lm-eval-harness in process on an in-memory model, 0-shot, with peel's task YAMLs.
+"""Run lm-eval-harness in process on an in-memory model, 0-shot or few-shot, with peel's task YAMLs.
 
 The model is wrapped in lm-eval's `HFLM` as it is (no save and reload), so `peel unlearn` can
 evaluate after each phase and `peel tamper` during the attack without touching the disk.
@@ -49,8 +49,15 @@ def manager_for(tasks: list[str]):
     return manager
 
 
-def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: int, limit: int | None = None) -> dict | None:
-    """Accuracy of `model` on each task and group, 0-shot.
+def evaluate(
+    model, tokenizer, tasks: list[str], batch_size: int, max_length: int, limit: int | None = None, num_fewshot: int = 0
+) -> dict | None:
+    """Accuracy of `model` on each task and group, with `num_fewshot` answered examples before each question.
+
+    peel's task YAMLs name the split their examples come from (`fewshot_split`): without one,
+    lm-eval draws them from the test split without leaving out the question being asked. Their
+    YAMLs also leave num_fewshot unset, since lm-eval ignores the argument for a task whose YAML
+    says 0.
 
     Returns {"tasks", "accuracy": {requested name: acc}, "details": {every task and group:
     {"accuracy", "stderr", "samples"[, "subtasks"]}}, "limit", "num_fewshot", "lm_eval_version"}.
@@ -77,6 +84,7 @@ def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: in
                 tasks=list(tasks),
                 task_manager=manager,
                 limit=limit,
+                num_fewshot=num_fewshot,
                 log_samples=False,
                 # Leave the caller's random state alone: 0-shot multiple choice draws no random
                 # numbers, and re-seeding here would change a run that evaluates between phases.
@@ -140,7 +148,8 @@ def summarize(output: dict, tasks: list[str], limit: int | None) -> dict:
         "accuracy": {name: details[name]["accuracy"] for name in tasks},
         "details": details,
         "limit": limit,
-        "num_fewshot": 0,
+        # What lm-eval used, not what was asked: a task config that fixes its own count shows here.
+        "num_fewshot": max((shots for name, shots in output.get("n-shot", {}).items() if name in details), default=0),
         "lm_eval_version": metadata.version("lm_eval"),
     }
 
