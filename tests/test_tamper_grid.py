@@ -51,6 +51,8 @@ def test_the_default_grid_is_the_seed_sweep_after_the_few_shot_attacks():
     assert (paper.lr, paper.lr_scheduler, paper.warmup_ratio, paper.epochs, paper.steps) == (2e-5, "cosine", 0.01, 2, 100)
     assert all(attack.settings.dtype == "bfloat16" for attack in attacks)  # tamper.dtype null = train.dtype
     assert attacks[0].description()["settings"] == {"few_shot": 0, "tasks": ["wmdp_bio_robust", "mmlu"], "dtype": "bfloat16"}
+    configs = Path(__file__).parent.parent / "configs"
+    assert load_config(configs / "lora_l2_retain.yaml").tamper.grid == load_config(None, []).tamper.grid  # written out there
 
 
 def test_command_line_grids_are_every_combination_and_nest_their_keys():

@@ -19,7 +19,7 @@ attacks. Attacks:
     text makes it a benign attack), evaluating tamper.tasks at step 0 and every tamper.eval_every
     steps. The grid: --grid tamper.KEY=V1,V2 (repeatable; every combination), else tamper.grid (a
     list of attacks; default: the seed group's standard sweep of seven, warmup as a share of
-    tamper.steps), else tamper.grid=[] for one attack with the section's settings.
+    tamper.steps); tamper.grid=[] is one attack with the section's settings.
 
 tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]).
 
@@ -50,27 +50,25 @@ tamper.json. Run the same command again to submit what is missing; once nothing 
 draws the figure. Locally, SIGTERM / SIGUSR1 stop the grid at the next step (exit 75; the
 unfinished attack is dropped); run the same command again to continue.
 
-Keys: tamper.data.*, tamper.tasks, tamper.few_shot, tamper.grid, tamper.adapter (full|lora),
-tamper.lora_rank, tamper.optimizer (adamw|sgd), tamper.lr, tamper.lr_scheduler
-(constant|cosine|linear; constant with warmup = transformers' constant_with_warmup),
-tamper.warmup_ratio, tamper.warmup_steps (wins when > 0), tamper.weight_decay,
-tamper.max_grad_norm (0 = off), tamper.per_device_batch_size, tamper.steps, tamper.epochs,
-tamper.num_examples, tamper.max_length, tamper.eval_every, tamper.dtype, tamper.seed;
-evaluation uses eval.batch_size, eval.max_length, eval.limit. `peel unlearn --help` lists all.
-
 examples:
   peel tamper runs/lora_l2 --compare EleutherAI/deep-ignorance-e2e-strong-filter
   peel tamper runs/a runs/b --output-dir tamper/ab --grid tamper.lr=2e-5,2e-4 --grid tamper.adapter=full,lora
   peel tamper testbed:filtered --output-dir out/filtered --baseline testbed:base \\
       tamper.data.path=testbed:tamper tamper.tasks=[testbed_forget,testbed_retain] tamper.grid=[]
   peel tamper runs/lora_l2 --slurm partition=gpu --slurm time=04:00:00
+
+Attack keys (tamper.key = default (range)), overridable as key=value; evaluation uses
+eval.batch_size, eval.max_length, eval.limit:
 """
 # `key=value` words are overrides unless they name an existing path (a sweep's run folders have '=' in their names).
 OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("targets", nargs="+", metavar="TARGET",
+    from peel.config import TamperConfig, help_lines
+
+    parser.description = DESCRIPTION + "\n".join(help_lines(TamperConfig(), prefix="tamper."))
+    parser.add_argument("targets", nargs="+", metavar="TARGET", action=TargetsAndOverrides,
                         help="Run folders, model folders, hub ids or testbed:NAME; then key=value overrides.")
     parser.add_argument("--output-dir", help="Where the results go (default: the run folder; several targets: DIR/<name>).")
     parser.add_argument("--grid", action="append", default=[], metavar="tamper.KEY=V1,V2",
@@ -84,12 +82,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(overrides=[])
 
 
+class TargetsAndOverrides(argparse.Action):
+    """TARGET words and key=value words share the positional list: split them as they are parsed."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.targets = [word for word in values if not is_override(word)]
+        namespace.overrides = [*namespace.overrides, *(word for word in values if is_override(word))]
+
+
 def run(args: argparse.Namespace) -> int:
     from peel import sweep, tamper_grid
     from peel.tamper_results import read_tamper
 
-    targets = [word for word in args.targets if not is_override(word)]
-    overrides = [word for word in args.targets if is_override(word)] + list(args.overrides)
+    targets, overrides = args.targets, list(args.overrides)
     if not targets:
         raise PeelError("give at least one TARGET (a run folder, a model folder, a hub id or testbed:NAME)")
     read_only = [other for other in args.compare if Path(other).is_dir() and (Path(other) / "tamper.json").is_file()]
