@@ -158,7 +158,7 @@ def test_several_targets_a_baseline_and_a_comparison_side_by_side(world, tmp_pat
 def test_sigterm_stops_the_grid_between_attacks_and_the_rerun_finishes_it(world, capsys):
     command = [sys.executable, str(Path(__file__).parent / "peel_with_test_tasks.py"), "tamper", world["model"],
                "--output-dir", str(world["out"]), *SMALL, world["data"], "tamper.few_shot=[]",
-               "tamper.steps=60", "tamper.eval_every=60", "--grid", "tamper.lr=1e-4,2e-4,3e-4,4e-4"]
+               "tamper.steps=4", "tamper.eval_every=4", "--grid", "tamper.lr=1e-4,2e-4,3e-4,4e-4"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
     first = world["out"] / "attacks" / "lr=1e-4.json"

@@ -286,7 +286,8 @@ def run_target(target_plan: TargetPlan, done: dict[str, dict]) -> dict:
     write_plan(target_plan)
     untouched: dict[tuple, dict] = {}  # (dtype, tasks) -> the model's step-0 row, shared by every attack
     for record in done.values():
-        untouched.setdefault(step_zero_key(record["settings"]), record["curve"][0])
+        if record["settings"].get("few_shot", 0) == 0:  # a prompted model is not the untouched one
+            untouched.setdefault(step_zero_key(record["settings"]), record["curve"][0])
     for attack in target_plan.attacks:
         if attack.name in done:
             print(f"{target_plan.folder}: {attack.name}: finished earlier")
@@ -375,7 +376,8 @@ class AttackJob:
             write_json(attack_file(folder, name), record)
             collect(folder)
         except BaseException as error:
-            write_json(job_path, {**read_json(job_path, "a job record"), "status": "failed", "error": str(error)})
+            submitted = read_json(job_path, "a job record") if job_path.is_file() else {}
+            write_json(job_path, {**submitted, "status": "failed", "error": str(error)})
             raise
 
     def checkpoint(self, *args, **kwargs):

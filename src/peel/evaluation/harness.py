@@ -86,8 +86,10 @@ def evaluate(
                 limit=limit,
                 num_fewshot=num_fewshot,
                 log_samples=False,
-                # Leave the caller's random state alone: 0-shot multiple choice draws no random
-                # numbers, and re-seeding here would change a run that evaluates between phases.
+                # Leave the caller's random state alone: multiple choice draws no random numbers
+                # (few-shot examples come from lm-eval's own generator, seeded by its
+                # fewshot_random_seed), and re-seeding here would change a run that evaluates
+                # between phases.
                 random_seed=None,
                 numpy_random_seed=None,
                 torch_random_seed=None,
