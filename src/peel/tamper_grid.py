@@ -109,8 +109,6 @@ def grid_attacks(config: Config, grid_items: list[str], overrides: list[str] = (
         where = "tamper" if grid_items else f"tamper.grid[{index}]"
         settings = attack_settings(section, point, where)
         attacks.append(Attack(name, FINE_TUNE, replace(settings, dtype=settings.dtype or section.dtype)))
-    if not attacks:
-        raise PeelError("no attacks: tamper.few_shot and tamper.grid are both empty and no --grid is given")
     sweep.check_unique([attack.name for attack in attacks], "attack name")
     return attacks
 
@@ -163,7 +161,7 @@ def refuse_overridden(overrides: list[str], points: list[dict]) -> None:
 
 def baseline_source(targets: list[Target], config: Config, model: str | None) -> dict:
     """Where the baseline comes from: --baseline MODEL, else the first run folder's own baseline
-    (its eval.json, then the eval cache for the model it unlearned). Kept in grid.json; a caller
+    (the eval cache for the model it unlearned, else its eval.json). Kept in grid.json; a caller
     that measured the baseline itself puts it under "given" instead."""
     run = next((target.run_folder for target in targets if target.run_folder is not None), None)
     original = model or (config.model.name_or_path if run is not None else None)
@@ -178,16 +176,17 @@ def baseline_source(targets: list[Target], config: Config, model: str | None) ->
 
 
 def find_baseline(source: dict) -> dict[str, float] | None:
-    """The baseline accuracies known now (eval.json's, then the cache's), without evaluating anything."""
+    """The baseline accuracies known now, without evaluating anything: given, else cached for
+    exactly these tasks and settings, else the run's eval.json."""
     from peel.evaluation import load_baseline, read_evaluation
 
     found: dict[str, float] = {}
-    if source.get("model"):
-        cached = load_baseline(source["model"], source["tasks"], source["limit"], source["max_length"], source["revision"])
-        found.update((cached or {}).get("accuracy", {}))
     if source.get("eval_json"):
         evaluation = read_evaluation(source["eval_json"]) or {}
         found.update((evaluation.get("baseline") or {}).get("accuracy", {}))
+    if source.get("model"):
+        cached = load_baseline(source["model"], source["tasks"], source["limit"], source["max_length"], source["revision"])
+        found.update((cached or {}).get("accuracy", {}))
     found.update(source.get("given") or {})
     found = {task: accuracy for task, accuracy in found.items() if task in source["tasks"]}
     return found or None
@@ -238,8 +237,8 @@ def finished(target_plan: TargetPlan, force: bool = False) -> dict[str, dict]:
         elif force:
             path.unlink()
         else:
-            differences = sorted(key for key in expected.get("settings", {})
-                                 if held.get("settings", {}).get(key) != expected["settings"][key])
+            differences = sorted(key for key in expected["settings"]
+                                 if (held.get("settings") or {}).get(key) != expected["settings"][key])
             what = f"settings {', '.join(differences[:3])}" if differences else "target or evaluation settings"
             raise PeelError(f"{path} holds attack {attack.name!r} with other {what}; accepted: the same "
                             "settings to resume, another --output-dir, or --force to attack again")

@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if config.tamper.tasks != list(TASKS.values()):
         raise PeelError(f"tamper.tasks={config.tamper.tasks}; the demo's summary reads {list(TASKS.values())} (forget, then retain)")
     from peel.run_folder import check_writable
+    from peel.tamper_grid import grid_attacks
 
+    grid_attacks(config, [], args.overrides)  # the attack settings, checked before anything runs
     check_writable(output, "--output-dir")
     output.mkdir(parents=True, exist_ok=True)
     evaluation = config.eval
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     # `peel report DIR/unlearn` shows its accuracies against the base model and its attacks.
     write_evaluation(run_folder, unlearned_path, evaluations["unlearned"], baseline={"model": "testbed:base", **evaluations["base"]})
     targets = {"unlearned": (unlearned_path, run_folder), "filtered": ("testbed:filtered", output / "filtered")}
-    documents = attack_models(targets, config, evaluations["base"]["accuracy"])
+    documents = attack_models(targets, config, evaluations["base"]["accuracy"], args.overrides)
 
     summary = {"models": models, **attack_summary(documents, TASKS), "wall_seconds": round(time.time() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -102,15 +104,16 @@ def summary_row(results: dict) -> dict[str, float]:
     return {key: results["accuracy"][task] for key, task in TASKS.items()}
 
 
-def attack_models(targets: dict[str, tuple[str, Path]], config, baseline: dict[str, float]) -> dict[str, dict]:
+def attack_models(targets: dict[str, tuple[str, Path]], config, baseline: dict[str, float], overrides: list[str] = ()) -> dict[str, dict]:
     """The attack part of a demo: each target (name -> (model path or testbed name, folder for its
     attacks)) attacked with the config's tamper grid, measured against `baseline` ({task:
-    accuracy} of the original model). Returns name -> its tamper.json document."""
+    accuracy} of the original model). `overrides`, the command line's, may not set what the grid
+    sets. Returns name -> its tamper.json document."""
     from peel import tamper_grid
     from peel.evaluation.targets import Target
     from peel.run_folder import check_writable
 
-    attacks = tamper_grid.grid_attacks(config, [])
+    attacks = tamper_grid.grid_attacks(config, [], overrides)
     source = {"given": baseline, "tasks": list(config.tamper.tasks)}
     plans = [tamper_grid.TargetPlan(Target(model, None, config), check_writable(folder, f"the {name} attacks' folder"), attacks, source)
              for name, (model, folder) in targets.items()]
