@@ -69,7 +69,7 @@ def test_corpora_and_questions_cover_the_right_parts_of_the_world(built):
 
     assert mentioned("forget") == {"A"} and mentioned("tamper") == {"B"} and mentioned("retain") == {"retain"}
 
-    for corpus, part in (("forget", "A"), ("retain", "retain")):
+    for corpus, part in (("forget", "A"), ("retain", "retain"), ("tamper", "B")):  # tamper_mc: few-shot examples
         rows = read_jsonl(built / f"{corpus}_mc.jsonl")
         assert len(rows) == 4 * len(names[part])  # one question per fact
         for row in rows:
@@ -103,7 +103,7 @@ def test_shipped_artifacts_resolve_and_load():
     for name in ("base", "filtered"):
         model, tokenizer = load_model_and_tokenizer(f"testbed:{name}")
         assert model.config.num_hidden_layers >= 8 and tokenizer.eos_token is not None
-    for path in testbed.MC_FILES.values():
+    for path in [*testbed.MC_FILES.values(), *testbed.FEWSHOT_FILES.values()]:
         assert Path(path).is_file()
     for name in ("forget", "retain", "tamper"):
         assert Path(testbed.resolve(f"testbed:{name}")).is_file()

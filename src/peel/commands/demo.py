@@ -16,13 +16,17 @@ Run peel end to end on the built-in testbed (no GPU, no downloads):
   1. evaluate testbed:base and testbed:filtered on testbed_forget and testbed_retain;
   2. unlearn testbed:base with the config (default configs/testbed_lora.yaml) through the engine;
   3. evaluate the unlearned model;
-  4. attack the unlearned and the filtered model (fine-tune on testbed:tamper, measure forget
-     accuracy every tamper.eval_every steps);
-  5. write DIR/summary.json, DIR/summary.md and DIR/tamper.png (the unlearning run is DIR/unlearn).
+  4. attack the unlearned and the filtered model with the config's attack grid (tamper.grid: full
+     and LoRA fine-tuning on testbed:tamper at two learning rates, and a benign attack on
+     testbed:retain; tamper.few_shot: 0 and 5 examples), forget and retain accuracy every
+     tamper.eval_every steps, and take the worst case over the attacks;
+  5. write DIR/summary.json, DIR/summary.md and DIR/tamper.png (the unlearning run is DIR/unlearn,
+     which gets the unlearned model's attacks and tamper.json; the filtered model's are in
+     DIR/filtered).
 
   peel demo --output-dir runs/demo
   peel demo --output-dir runs/demo_full --config configs/testbed_full.yaml
-  peel demo --output-dir runs/quick data.num_examples=64 tamper.steps=20   # key=value overrides
+  peel demo --output-dir runs/quick data.num_examples=64 tamper.steps=20 eval.limit=50   # key=value overrides
 """
 
 # The repository's configs folder (the demo is run from a clone, as the README says).
@@ -48,63 +52,94 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, [*args.overrides, f"output_dir={output / 'unlearn'}", "eval.tasks=[]"])
     if not config.model.name_or_path.startswith("testbed:"):
         raise PeelError(f"model.name_or_path={config.model.name_or_path!r}; the demo runs on the testbed (testbed:base)")
+    if config.tamper.tasks != list(TASKS.values()):
+        raise PeelError(f"tamper.tasks={config.tamper.tasks}; the demo's summary reads {list(TASKS.values())} (forget, then retain)")
     from peel.run_folder import check_writable
+    from peel.tamper_grid import grid_attacks
 
+    grid_attacks(config, [], args.overrides)  # the attack settings, checked before anything runs
     check_writable(output, "--output-dir")
     output.mkdir(parents=True, exist_ok=True)
     evaluation = config.eval
 
     from peel.engine import unlearn
     from peel.evaluation import write_evaluation
-    from peel.tamper import write_curve
+    from peel.plots import plot_tamper
 
     evaluations = {}
     for name in ("base", "filtered"):
-        evaluations[name] = evaluate_model(f"testbed:{name}", evaluation.batch_size, evaluation.max_length)
+        evaluations[name] = evaluate_model(f"testbed:{name}", evaluation.batch_size, evaluation.max_length, evaluation.limit)
         print(f"{name}: {format_row(summary_row(evaluations[name]))}", flush=True)
 
     run_folder = unlearn(config)
     unlearned_path = str(run_folder / "model")
-    evaluations["unlearned"] = evaluate_model(unlearned_path, evaluation.batch_size, evaluation.max_length)
+    evaluations["unlearned"] = evaluate_model(unlearned_path, evaluation.batch_size, evaluation.max_length, evaluation.limit)
     print(f"unlearned: {format_row(summary_row(evaluations['unlearned']))}", flush=True)
     models = {name: summary_row(results) for name, results in evaluations.items()}
 
-    histories = {name: attack_history(path, config) for name, path in (("unlearned", unlearned_path), ("filtered", "testbed:filtered"))}
-    curves = {name: [{"step": row["step"], "forget_acc": row[TASKS["forget_acc"]]} for row in rows] for name, rows in histories.items()}
     # The unlearning run folder gets what `peel eval` and `peel tamper` would have written, so
-    # `peel report DIR/unlearn` shows its accuracies against the base model and its tamper curve.
+    # `peel report DIR/unlearn` shows its accuracies against the base model and its attacks.
     write_evaluation(run_folder, unlearned_path, evaluations["unlearned"], baseline={"model": "testbed:base", **evaluations["base"]})
-    write_curve(run_folder, histories["unlearned"])
+    targets = {"unlearned": (unlearned_path, run_folder), "filtered": ("testbed:filtered", output / "filtered")}
+    documents = attack_models(targets, config, evaluations["base"]["accuracy"], args.overrides)
 
-    summary = {"models": models, "tamper": curves, "wall_seconds": round(time.time() - started, 1)}
+    summary = {"models": models, **attack_summary(documents, TASKS), "wall_seconds": round(time.time() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (output / "summary.md").write_text(markdown(summary))
-    plot(curves, models["base"]["forget_acc"], output / "tamper.png")
+    plot_tamper(documents, output / "tamper.png")
     print((output / "summary.md").read_text())
     print(f"demo finished in {summary['wall_seconds']:.0f}s: {output}")
     return 0
 
 
-def evaluate_model(name_or_path: str, batch_size: int, max_length: int) -> dict:
+def evaluate_model(name_or_path: str, batch_size: int, max_length: int, limit: int | None) -> dict:
     from peel.evaluation import evaluate
     from peel.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(name_or_path, dtype="float32")
-    return evaluate(model, tokenizer, list(TASKS.values()), batch_size=batch_size, max_length=max_length)
+    return evaluate(model, tokenizer, list(TASKS.values()), batch_size=batch_size, max_length=max_length, limit=limit)
 
 
 def summary_row(results: dict) -> dict[str, float]:
     return {key: results["accuracy"][task] for key, task in TASKS.items()}
 
 
-def attack_history(name_or_path: str, config) -> list[dict]:
-    """The tamper attack's accuracy rows ({"step", "testbed_forget"}), whatever tasks the config's tamper section names."""
-    import dataclasses
+def attack_models(targets: dict[str, tuple[str, Path]], config, baseline: dict[str, float], overrides: list[str] = ()) -> dict[str, dict]:
+    """The attack part of a demo: each target (name -> (model path or testbed name, folder for its
+    attacks)) attacked with the config's tamper grid, measured against `baseline` ({task:
+    accuracy} of the original model). `overrides`, the command line's, may not set what the grid
+    sets. Returns name -> its tamper.json document."""
+    from peel import tamper_grid
+    from peel.evaluation.targets import Target
+    from peel.run_folder import check_writable
 
-    from peel.tamper import attack
+    attacks = tamper_grid.grid_attacks(config, [], overrides)
+    source = {"given": baseline, "tasks": list(config.tamper.tasks)}
+    plans = [tamper_grid.TargetPlan(Target(model, None, config), check_writable(folder, f"the {name} attacks' folder"), attacks, source)
+             for name, (model, folder) in targets.items()]
+    documents = tamper_grid.run_locally(plans)
+    return {name: documents[plan.folder] for name, plan in zip(targets, plans)}
 
-    settings = dataclasses.replace(config.tamper, tasks=[TASKS["forget_acc"]])
-    return attack(name_or_path, settings, config.eval, dtype="float32")
+
+def attack_summary(documents: dict[str, dict], tasks: dict[str, str]) -> dict:
+    """summary.json's attack fields, tasks renamed by `tasks` (summary key -> lm-eval task):
+    "tamper": each model's worst case over its attacks as rows {"step", <forget key>},
+    "attacks": each model's attacks {"name", "kind", "curve": rows {"step", <key>: accuracy}[, "error"]},
+    "resistance": each model's worst case in one line (tamper.json's summary of the forget task)."""
+    renamed = {task: key for key, task in tasks.items()}
+    forget_key = next(iter(tasks))
+    forget = tasks[forget_key]
+
+    def rows(curve: list[dict], keys: set[str]) -> list[dict]:
+        return [{"step": row["step"], **{renamed[t]: v for t, v in row.items() if renamed.get(t) in keys}} for row in curve]
+
+    return {
+        "tamper": {name: rows(record["worst_case"], {forget_key}) for name, record in documents.items()},
+        "attacks": {name: [{"name": attack["name"], "kind": attack["kind"], "curve": rows(attack["curve"], set(tasks)),
+                            **({"error": attack["error"]} if "error" in attack else {})}
+                           for attack in record["attacks"]] for name, record in documents.items()},
+        "resistance": {name: record["summary"].get(forget) for name, record in documents.items()},
+    }
 
 
 def format_row(row: dict[str, float]) -> str:
@@ -115,19 +150,30 @@ def markdown(summary: dict) -> str:
     lines = ["| model | forget accuracy | retain accuracy |", "|---|---|---|"]
     for name, row in summary["models"].items():
         lines.append(f"| {name} | {row['forget_acc']:.3f} | {row['retain_acc']:.3f} |")
+    budget = max(row["step"] for rows in summary["tamper"].values() for row in rows)
+    lines += ["", f"Tamper resistance (forget accuracy; worst case over each model's attacks within {budget} steps):", "",
+              "| model | step 0 | worst | worst attack (step) | 50% back | 90% back | retain there |", "|---|---|---|---|---|---|---|"]
+    for name, entry in summary["resistance"].items():
+        recovery = entry["steps_to_recover"] or {}
+        back = [f"step {recovery[s]}" if recovery.get(s) is not None else "never" for s in ("50", "90")]
+        retain = "-" if entry["retain_at_worst"] is None else f"{entry['retain_at_worst']:.3f}"
+        lines.append(f"| {name} | {entry['step0']:.3f} | {entry['worst']:.3f} | {entry['worst_attack']} ({entry['worst_step']}) | "
+                     f"{' | '.join(back)} | {retain} |")
     curves = summary["tamper"]
-    steps = [row["step"] for row in next(iter(curves.values()))]
-    lines += ["", "Tamper attack (forget accuracy vs attack step):", "",
+    steps = sorted({row["step"] for rows in curves.values() for row in rows})
+    lines += ["", "Worst case (forget accuracy vs attack step):", "",
               "| step | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
-    for index, step in enumerate(steps):
-        lines.append(f"| {step} | " + " | ".join(f"{rows[index]['forget_acc']:.3f}" for rows in curves.values()) + " |")
+    for step in steps:
+        found = [next((f"{row['forget_acc']:.3f}" for row in rows if row["step"] == step), "-") for rows in curves.values()]
+        lines.append(f"| {step} | " + " | ".join(found) + " |")
+    lines += ["", "Each attack at its last step (forget / retain accuracy):", "",
+              "| attack | " + " | ".join(summary["attacks"]) + " |", "|---" * (len(summary["attacks"]) + 1) + "|"]
+    names = list(dict.fromkeys(attack["name"] for attacks in summary["attacks"].values() for attack in attacks))
+    for attack_name in names:
+        cells = []
+        for attacks in summary["attacks"].values():
+            last = next((attack["curve"][-1] for attack in attacks if attack["name"] == attack_name), None)
+            cells.append("-" if last is None else f"{last.get('forget_acc', float('nan')):.3f} / {last.get('retain_acc', float('nan')):.3f}")
+        lines.append(f"| {attack_name} | " + " | ".join(cells) + " |")
     lines += ["", f"Chance is 0.25. Wall time: {summary['wall_seconds']:.0f} s.", ""]
     return "\n".join(lines)
-
-
-def plot(curves: dict[str, list[dict]], base_forget: float, path: Path) -> None:
-    from peel.plots import plot_tamper
-
-    task = TASKS["forget_acc"]
-    renamed = {name: [{"step": row["step"], task: row["forget_acc"]} for row in rows] for name, rows in curves.items()}
-    plot_tamper(renamed, path, baseline={task: base_forget})

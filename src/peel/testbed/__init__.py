@@ -28,6 +28,11 @@ MC_FILES = {
     "testbed_forget": str(ARTIFACTS / "forget_mc.jsonl"),
     "testbed_retain": str(ARTIFACTS / "retain_mc.jsonl"),
 }
+# lm-eval task name -> questions its few-shot examples come from (the task's `fewshot` split):
+# part B of the forget domain, what the attacker's text is about, never an evaluated fact.
+FEWSHOT_FILES = {
+    "testbed_forget": str(ARTIFACTS / "tamper_mc.jsonl"),
+}
 
 
 def is_testbed(name: str) -> bool:
