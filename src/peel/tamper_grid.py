@@ -85,7 +85,6 @@ def plan(names: list[str], overrides: list[str], grid_items: list[str], output_d
     home = figure_folder(folders, output_dir)
     folders += [home / "compare" / label(name) for name in compared]
     source = baseline_source(targets, config, baseline_model)
-    check_attack_data(attacks)
     return [TargetPlan(target, folder, attacks, source) for target, folder in zip(targets, folders)]
 
 

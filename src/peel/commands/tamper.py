@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     compared = {tamper_grid.label(other): read_tamper(other) for other in read_only}
     config = plans[0].target.config
     tracking.check(config.track.to)
+    tamper_grid.check_attack_data(plans[0].attacks)  # the corpora last: they may take a moment to load
     source = plans[0].baseline
 
     if args.slurm:
