@@ -14,13 +14,13 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt
 
 
 def load_rows(path: str, name: str | None, split: str):
-    """A `datasets.Dataset` from a hub id, a local file or folder, or a testbed name."""
+    """A `datasets.Dataset` from a hub id, a local file or folder, or a scenario name (testbed:forget)."""
     import datasets
 
-    if path.startswith("testbed:"):
-        from peel.testbed import resolve
+    from peel import scenarios
 
-        path = resolve(path)
+    if scenarios.is_scenario_name(path):
+        path = scenarios.resolve(path)
     local = Path(path)
     if local.is_file() or local.is_dir():
         return _load_local(local)

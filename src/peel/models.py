@@ -97,10 +97,10 @@ def _search_anatomy(inner: nn.Module, model_type: str | None) -> Anatomy:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    if name_or_path.startswith("testbed:"):
-        from peel.testbed import resolve
+    from peel import scenarios
 
-        return resolve(name_or_path)
+    if scenarios.is_scenario_name(name_or_path):
+        return scenarios.resolve(name_or_path)
     return name_or_path
 
 

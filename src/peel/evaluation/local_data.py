@@ -46,11 +46,12 @@ def load_multiple_choice(path: str | Path):
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(read_multiple_choice(path))})
 
 
-def load_testbed_multiple_choice(task: str):
-    """The question set behind testbed task `task`, as listed in `peel.testbed.MC_FILES`."""
-    from peel import testbed
+def load_scenario_multiple_choice(task: str):
+    """The question set behind scenario task `task` (testbed_forget, elements_retain, ...)."""
+    from peel import scenarios
 
-    path = Path(testbed.MC_FILES[task])
+    path = scenarios.question_file(task)
     if not path.is_file():
-        raise PeelError(f"testbed question set {str(path)!r} is missing; build it with `peel testbed build`")
+        scenario = task.partition("_")[0]
+        raise PeelError(f"{scenario} question set {str(path)!r} is missing; build it with `peel {scenario} build`")
     return load_multiple_choice(path)
