@@ -35,7 +35,11 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
 class ModelConfig:
     name_or_path: str = option(
         "testbed:base",
-        "Hugging Face hub id, local folder in save_pretrained layout, or testbed:base / testbed:filtered.",
+        "Hugging Face hub id, local folder in save_pretrained layout, .gguf file, smollm2-135m (a packaged "
+        "GGUF file), or a scenario model: testbed:base / testbed:filtered / elements:base.",
+    )
+    gguf_file: str | None = option(
+        None, "GGUF file inside the name_or_path folder (dequantized to float32 once, cached); None = not GGUF."
     )
     revision: str | None = option(None, "Hub revision (branch, tag or commit) to load.")
     attn_implementation: str | None = option(

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from peel.config import ChatSource, DataSource
-from peel.errors import PeelError
+from peel.errors import PeelError, first_line
 
 # Local file suffix -> the `datasets` builder that reads it.
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
@@ -29,8 +29,7 @@ def load_rows(path: str, name: str | None, split: str):
     try:
         return datasets.load_dataset(path, name=name, split=split)
     except Exception as error:  # the hub raises many types; all mean "this dataset cannot be had"
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PeelError(f"cannot load dataset {path!r} (config {name!r}, split {split!r}): {message}") from None
+        raise PeelError(f"cannot load dataset {path!r} (config {name!r}, split {split!r}): {first_line(error)}") from None
 
 
 def _load_local(path: Path):

@@ -30,7 +30,13 @@ from peel.config import Config, save_config
 from peel.data import collate, load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError, RunFailed
 from peel.filters import GRADIENT_FILTERS
-from peel.models import enable_activation_checkpointing, load_model_and_tokenizer, load_model_config, save_model
+from peel.models import (
+    enable_activation_checkpointing,
+    load_model_and_tokenizer,
+    load_model_config,
+    model_location,
+    save_model,
+)
 from peel.objectives import RETAIN_OBJECTIVES, Batch, forget_backward
 from peel.parallel import full_tensor
 from peel.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set, target_layers
@@ -105,7 +111,8 @@ def unlearn(config: Config, force: bool = False) -> Path:
     output_dir = Path(config.output_dir)
 
     # ---- setup: every check before anything is written
-    model_config = load_model_config(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+    model_name = model_location(config.model.name_or_path, config.model.gguf_file)
+    model_config = load_model_config(model_name, config.model.revision, config.model.trust_remote_code)
     plan = make_plan(config, model_config.num_hidden_layers, distributed.world_size())
     folder_state = resume.folder_state(output_dir, config, force)
     if folder_state == resume.COMPLETED:
@@ -113,7 +120,7 @@ def unlearn(config: Config, force: bool = False) -> Path:
             print(f"{output_dir} holds a completed run of this config; nothing to do (--force runs it again)")
         return output_dir
     model, tokenizer = load_model_and_tokenizer(
-        config.model.name_or_path,
+        model_name,
         dtype=config.train.dtype,
         attn_implementation=config.model.attn_implementation,
         revision=config.model.revision,
@@ -376,7 +383,7 @@ def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:
     from peel.evaluation import cached_baseline, evaluate_with
 
     return cached_baseline(
-        config.model.name_or_path,
+        model_location(config.model.name_or_path, config.model.gguf_file),
         settings.tasks,
         settings.limit,
         settings.max_length,

@@ -10,3 +10,9 @@ class PeelError(Exception):
 
 class RunFailed(Exception):
     """A run that started but could not finish (e.g. a non-finite loss); run.json says `failed`."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (or its type's name), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from peel.evaluation import load_baseline, read_evaluation
     from peel.evaluation.targets import output_folder, resolve_target
+    from peel.models import model_location
     from peel.plots import plot_tamper
     from peel.tamper import attack, read_curve, write_curve
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if evaluation is not None and evaluation.get("baseline"):
         baseline = evaluation["baseline"]["accuracy"]
     elif target.run_folder is not None:
-        cached = load_baseline(config.model.name_or_path, config.tamper.tasks, config.eval.limit, config.eval.max_length)
+        original = model_location(config.model.name_or_path, config.model.gguf_file)
+        cached = load_baseline(original, config.tamper.tasks, config.eval.limit, config.eval.max_length)
         baseline = cached["accuracy"] if cached else None
     print(f"wrote {plot_tamper(curves, folder / 'tamper.png', baseline)}")
     return 0

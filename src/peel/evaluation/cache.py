@@ -17,7 +17,9 @@ from typing import Callable
 
 def cache_directory() -> Path:
     """`$PEEL_CACHE/baselines`, or `~/.cache/peel/baselines`."""
-    return Path(os.environ.get("PEEL_CACHE", "~/.cache/peel")).expanduser() / "baselines"
+    from peel.models import cache_root
+
+    return cache_root() / "baselines"
 
 
 def model_identity(name_or_path: str, revision: str | None) -> dict:

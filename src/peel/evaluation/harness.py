@@ -12,7 +12,7 @@ import logging
 from importlib import metadata
 from pathlib import Path
 
-from peel.errors import PeelError
+from peel.errors import PeelError, first_line
 
 TASK_DIRECTORY = Path(__file__).resolve().parent / "tasks"
 METRIC = "acc,none"
@@ -150,8 +150,3 @@ def as_number(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None  # lm-eval writes "N/A" when it has no standard error
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
