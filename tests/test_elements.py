@@ -56,7 +56,7 @@ def generated():
         pytest.skip("the scenario's fact packages are absent (pip install 'peel[elements]')")
     from peel.elements import build, facts
 
-    element_list, country_list = facts.elements()[:30], facts.countries()[:50]
+    element_list, country_list = facts.elements()[:30], facts.countries()[20:50]  # France among them; 120 facts, all kept
     misses = {"The chemical symbol of Carbon is", "The capital city of France is"}
 
     def ask(rows):
