@@ -50,7 +50,7 @@ class ModelConfig:
 
 @dataclass
 class DataSource:
-    path: str = option("", "Hub dataset id, or a local .jsonl / .parquet / .txt file or folder, or testbed:NAME.")
+    path: str = option("", "Hub dataset id, or a local .jsonl / .parquet / .txt file or folder, or testbed:NAME / elements:NAME.")
     name: str | None = option(None, "Hub dataset configuration name (e.g. wikitext-103-raw-v1).")
     split: str = option("train", "Dataset split.")
     text_field: str = option("text", "Column holding the text.")
