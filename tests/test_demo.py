@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,13 @@ def test_demo_rejects_a_missing_config_in_one_line(tmp_path, capsys):
     assert main(["demo", "--output-dir", str(tmp_path), "--config", str(tmp_path / "missing.yaml")]) == 2
     error = capsys.readouterr().err
     assert "missing.yaml" in error and error.count("\n") == 1
+
+
+def test_demo_scenario_must_match_its_config_in_one_line(tmp_path, capsys):
+    from peel.cli import main
+
+    config = Path(__file__).parent.parent / "configs" / "testbed_lora.yaml"
+    assert main(["demo", "--scenario", "elements", "--output-dir", str(tmp_path), "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "elements:base" in error and "testbed:base" in error and error.count("\n") == 1
+    assert not (tmp_path / "unlearn").exists()

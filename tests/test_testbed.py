@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peel import testbed
+from peel import scenarios, testbed
 from peel.cli import main
 from peel.errors import PeelError
 
@@ -28,13 +28,13 @@ def built(tmp_path_factory) -> Path:
 
 def test_resolve_maps_every_name_into_the_artifacts_folder():
     for name, relative in testbed.NAMES.items():
-        path = Path(testbed.resolve(f"testbed:{name}"))
+        path = Path(scenarios.resolve(f"testbed:{name}"))
         assert path.is_absolute() and path == testbed.ARTIFACTS / relative
 
 
 def test_resolve_rejects_unknown_names_in_one_line():
     with pytest.raises(PeelError) as error:
-        testbed.resolve("testbed:tiny")
+        scenarios.resolve("testbed:tiny")
     message = str(error.value)
     assert "'testbed:tiny'" in message and "testbed:filtered" in message and "\n" not in message
 
@@ -52,7 +52,7 @@ def test_build_writes_models_corpora_and_questions(built):
         rows = read_jsonl(built / f"{name}.jsonl")
         assert rows and all(set(row) == {"text"} and row["text"] for row in rows)
     from peel.masks import read_keywords
-    from peel.testbed import resolve
+    from peel.scenarios import resolve
 
     assert (built / "keywords.txt").read_text() == Path(resolve("testbed:keywords")).read_text()  # the shipped list is the built one
     assert len(read_keywords(built / "keywords.txt")) == 64
@@ -106,4 +106,4 @@ def test_shipped_artifacts_resolve_and_load():
     for path in [*testbed.MC_FILES.values(), *testbed.FEWSHOT_FILES.values()]:
         assert Path(path).is_file()
     for name in ("forget", "retain", "tamper"):
-        assert Path(testbed.resolve(f"testbed:{name}")).is_file()
+        assert Path(scenarios.resolve(f"testbed:{name}")).is_file()

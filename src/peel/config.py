@@ -71,7 +71,11 @@ def option(default: Any = dataclasses.MISSING, help: str = "", bound: Bound | No
 class ModelConfig:
     name_or_path: str = option(
         "testbed:base",
-        "Hugging Face hub id, local folder in save_pretrained layout, or testbed:base / testbed:filtered.",
+        "Hugging Face hub id, local folder in save_pretrained layout, .gguf file, smollm2-135m (a packaged "
+        "GGUF file), or a scenario model: testbed:base / testbed:filtered / elements:base.",
+    )
+    gguf_file: str | None = option(
+        None, "GGUF file inside the name_or_path folder (dequantized to float32 once, cached); None = not GGUF."
     )
     revision: str | None = option(None, "Hub revision (branch, tag or commit) to load.")
     attn_implementation: str | None = option(
@@ -82,7 +86,7 @@ class ModelConfig:
 
 @dataclass
 class DataSource:
-    path: str = option("", "Hub dataset id, or a local .jsonl / .parquet / .txt file or folder, or testbed:NAME.")
+    path: str = option("", "Hub dataset id, or a local .jsonl / .parquet / .txt file or folder, or testbed:NAME / elements:NAME.")
     name: str | None = option(None, "Hub dataset configuration name (e.g. wikitext-103-raw-v1).")
     split: str = option("train", "Dataset split.")
     text_field: str = option("text", "Column holding the text.")

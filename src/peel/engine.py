@@ -30,7 +30,7 @@ from peel.config import Config, save_config, to_dict
 from peel.batches import example_order, make_batch, process_share
 from peel.errors import Preempted, RunFailed, first_line
 from peel.filters import GRADIENT_FILTERS
-from peel.models import enable_activation_checkpointing, load_model, save_model
+from peel.models import enable_activation_checkpointing, load_model, model_location, save_model
 from peel.objectives import RETAIN_OBJECTIVES, forget_backward
 from peel.optimizers import make_optimizer
 from peel.parallel import full_tensor
@@ -80,7 +80,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
             print(f"checked: {plan.describe()}" if dry_run else completed)
         return output_dir
     model = load_model(
-        config.model.name_or_path,
+        model_location(config.model.name_or_path, config.model.gguf_file),
         dtype=config.train.dtype,
         attn_implementation=config.model.attn_implementation,
         revision=config.model.revision,
@@ -348,7 +348,7 @@ def evaluate_baseline(config: Config, model, tokenizer) -> dict | None:
     from peel.evaluation import cached_baseline, evaluate_with
 
     return cached_baseline(
-        config.model.name_or_path,
+        model_location(config.model.name_or_path, config.model.gguf_file),
         settings.tasks,
         settings.limit,
         settings.max_length,

@@ -46,8 +46,10 @@ IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "train.
 TITLE_KEYS = ("unlearn.adapter", "unlearn.forget_loss", "unlearn.retain_loss", "unlearn.retain_layers",
               "unlearn.grad_filter", "unlearn.retain_ramp")
 # Which side of the trade-off each known task measures.
-TASK_ROLES = {"wmdp_bio_robust": "forget", "testbed_forget": "forget", "mmlu": "retain", "testbed_retain": "retain"}
-TASK_TITLES = {"wmdp_bio_robust": "WMDP Bio Robust", "mmlu": "MMLU", "testbed_forget": "Forget", "testbed_retain": "Retain"}
+TASK_ROLES = {"wmdp_bio_robust": "forget", "testbed_forget": "forget", "elements_forget": "forget",
+              "mmlu": "retain", "testbed_retain": "retain", "elements_retain": "retain"}
+TASK_TITLES = {"wmdp_bio_robust": "WMDP Bio Robust", "mmlu": "MMLU", "testbed_forget": "Forget", "testbed_retain": "Retain",
+               "elements_forget": "Elements", "elements_retain": "Countries"}
 # A task has "held" when it lost under 20% of the way from baseline to chance, is "gone" past 80%.
 HELD_BELOW, GONE_ABOVE = 0.2, 0.8
 FINAL_WINDOW = 10  # final losses are the mean over this many last optimizer steps

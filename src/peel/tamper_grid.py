@@ -27,6 +27,7 @@ from peel import preemption, sweep, tamper_results
 from peel.config import GRID_WIDE_KEYS, Config, TamperConfig, attack_settings, flatten, to_dict
 from peel.errors import PeelError, Preempted
 from peel.evaluation.targets import Target, label, load_target_model, output_folders, resolve_targets
+from peel.models import model_location
 from peel.run_folder import read_json, write_json
 from peel.tamper_results import ATTACKS_FOLDER, FEW_SHOT, FINE_TUNE
 
@@ -179,7 +180,7 @@ def baseline_source(targets: list[Target], config: Config, model: str | None) ->
     (the eval cache for the model it unlearned, else its eval.json). Kept in grid.json; a caller
     that measured the baseline itself puts it under "given" instead."""
     run = next((target.run_folder for target in targets if target.run_folder is not None), None)
-    original = model or (config.model.name_or_path if run is not None else None)
+    original = model or (model_location(config.model.name_or_path, config.model.gguf_file) if run is not None else None)
     return {
         "model": original,
         "revision": config.model.revision if model is None else None,

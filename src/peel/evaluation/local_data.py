@@ -50,13 +50,17 @@ def load_multiple_choice(path: str | Path, fewshot_path: str | Path | None = Non
     return datasets.DatasetDict({name: datasets.Dataset.from_list(read_multiple_choice(file)) for name, file in splits.items()})
 
 
-def load_testbed_multiple_choice(task: str):
-    """The question set behind testbed task `task` (`peel.testbed.MC_FILES`), with its few-shot
-    examples (`peel.testbed.FEWSHOT_FILES`) where it has its own."""
-    from peel import testbed
+def load_scenario_multiple_choice(task: str):
+    """The question set behind scenario task `task` (testbed_forget, elements_retain, ...), with
+    its own few-shot examples (a `fewshot` split) where the scenario names some."""
+    from peel import scenarios
 
-    paths = [Path(testbed.MC_FILES[task])] + ([Path(testbed.FEWSHOT_FILES[task])] if task in testbed.FEWSHOT_FILES else [])
+    paths = [scenarios.question_file(task)]
+    fewshot = scenarios.fewshot_file(task)
+    if fewshot is not None:
+        paths.append(fewshot)
+    scenario = task.partition("_")[0]
     for path in paths:
         if not path.is_file():
-            raise PeelError(f"testbed question set {str(path)!r} is missing; build it with `peel testbed build`")
+            raise PeelError(f"{scenario} question set {str(path)!r} is missing; build it with `peel {scenario} build`")
     return load_multiple_choice(*paths)

@@ -1,4 +1,5 @@
-"""What `peel eval` and `peel tamper` accept as TARGET: a run folder, a model folder or a hub id."""
+"""What `peel eval` and `peel tamper` accept as TARGET: a run folder, a model folder, a .gguf file
+(or a folder with model.gguf_file=NAME), a named model (smollm2-135m, testbed:base) or a hub id."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from peel.config import Config, load_config
 from peel.errors import PeelError
+from peel.models import model_location
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,15 @@ def resolve_target(target: str, overrides: list[str]) -> Target:
         if not (model_folder / "config.json").is_file():
             raise PeelError(f"run folder {target!r} has no model/ (the run did not finish; see its run.json)")
         return Target(str(model_folder), path, load_config(path / "config.yaml", overrides))
+    config = load_config(None, overrides)
+    if config.model.gguf_file is not None:  # TARGET is the folder holding the GGUF file
+        return Target(model_location(target, config.model.gguf_file), None, config)
     if path.is_dir() and not (path / "config.json").is_file():
-        raise PeelError(f"{target!r} is neither a run folder (config.yaml + model/) nor a model folder (config.json)")
-    return Target(target, None, load_config(None, overrides))
+        raise PeelError(
+            f"{target!r} is neither a run folder (config.yaml + model/) nor a model folder (config.json); "
+            "for a folder of GGUF files add model.gguf_file=NAME.gguf"
+        )
+    return Target(target, None, config)
 
 
 def resolve_targets(names: list[str], overrides: list[str]) -> list[Target]:
