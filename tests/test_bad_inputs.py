@@ -190,6 +190,9 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     # testbed
     ("testbed build into a file", lambda w: ["testbed", "build", "--output-dir", str(write(w, "testbed_file", "x"))], "testbed_file' is an existing file"),
     ("testbed build with 0 steps", lambda w: ["testbed", "build", "--output-dir", str(w.root / "tb"), "--steps", "0"], "--steps got 0"),
+    # elements
+    ("elements build into a file", lambda w: ["elements", "build", "--output-dir", str(write(w, "elements_file", "x"))], "elements_file' is an existing file"),
+    ("elements build of a missing model", lambda w: ["elements", "build", "--output-dir", str(w.root / "el"), "--model", "/nonexistent/m"], "'/nonexistent/m'"),
     # the command line itself
     ("unknown option", lambda w: ["unlearn", str(w.config), "--no-such-flag"], "--no-such-flag"),
     ("override without a value", lambda w: unlearn(w, "train.lr"), "override 'train.lr' is not of the form dotted.key=value"),

@@ -5,7 +5,7 @@ from peel.cli import COMMANDS, parse
 
 def test_overrides_may_follow_options():
     args = parse(["tamper", "runs/a", "tamper.lr=1e-4", "--output-dir", "out", "tamper.steps=4"])
-    assert args.target == "runs/a" and args.output_dir == "out"
+    assert args.targets == ["runs/a"] and args.output_dir == "out"
     assert args.overrides == ["tamper.lr=1e-4", "tamper.steps=4"]
 
 

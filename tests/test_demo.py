@@ -6,13 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from peel import testbed
 
-# Fewer unlearning examples and a short attack keep this under a minute on 2 cores.
-REDUCED = ["data.num_examples=64", "tamper.steps=10", "tamper.eval_every=5", "tamper.num_examples=32"]
+# Fewer unlearning examples, short attacks and 20 questions per task keep this near a minute on 2 cores.
+REDUCED = ["data.num_examples=64", "tamper.steps=4", "tamper.eval_every=2", "tamper.num_examples=32", "eval.limit=20"]
+ATTACKS = ["few_shot=0", "few_shot=5", "adapter=full,lr=0.0002", "adapter=full,lr=0.001", "adapter=lora,lr=0.0002",
+           "adapter=lora,lr=0.001", "adapter=full,lr=0.001,path=testbedretain"]
 
 
 @pytest.mark.skipif(not (testbed.ARTIFACTS / "base").is_dir(), reason="testbed artifacts not built")
@@ -26,27 +29,33 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     summary = json.loads((output / "summary.json").read_text())
-    assert set(summary) == {"models", "tamper", "wall_seconds"}
+    assert set(summary) == {"models", "tamper", "attacks", "resistance", "wall_seconds"}
     assert set(summary["models"]) == {"base", "filtered", "unlearned"}
     for row in summary["models"].values():
         assert set(row) == {"forget_acc", "retain_acc"} and all(0 <= value <= 1 for value in row.values())
-    assert set(summary["tamper"]) == {"unlearned", "filtered"}
-    for curve in summary["tamper"].values():
-        assert [point["step"] for point in curve] == [0, 5, 10]
-        assert all(0 <= point["forget_acc"] <= 1 for point in curve)
+    assert set(summary["tamper"]) == set(summary["attacks"]) == set(summary["resistance"]) == {"unlearned", "filtered"}
+    for name, curve in summary["tamper"].items():  # the worst case over the attacks, in the rows of earlier demos
+        assert [point["step"] for point in curve] == [0, 2, 4]
+        assert all(set(point) == {"step", "forget_acc"} and 0 <= point["forget_acc"] <= 1 for point in curve)
+        attacks = summary["attacks"][name]
+        assert [attack["name"] for attack in attacks] == ATTACKS
+        assert all(set(point) == {"step", "forget_acc", "retain_acc"} for attack in attacks for point in attack["curve"])
+        assert summary["resistance"][name]["worst"] == max(point["forget_acc"] for point in curve)
+        assert summary["resistance"][name]["steps_to_recover"] is not None  # measured against the base model
+    assert summary["models"]["unlearned"]["forget_acc"] == summary["attacks"]["unlearned"][0]["curve"][0]["forget_acc"]
     assert summary["wall_seconds"] > 0
     assert summary["models"]["unlearned"]["forget_acc"] < summary["models"]["base"]["forget_acc"]
     assert (output / "summary.md").read_text().startswith("| model |")
     assert (output / "tamper.png").stat().st_size > 0
-    assert (output / "unlearn" / "model").is_dir()
+    assert (output / "unlearn" / "model").is_dir() and (output / "filtered" / "tamper.json").is_file()
 
-    # The run folder carries the demo's evaluation and attack, so a report can be built from it.
+    # The run folder carries the demo's evaluation and attacks, so a report can be built from it.
     from peel.report import read_run
 
     run = read_run(output / "unlearn")
     assert run.evaluation["accuracy"]["testbed_forget"] == summary["models"]["unlearned"]["forget_acc"]
     assert run.evaluation["baseline"]["accuracy"]["testbed_forget"] == summary["models"]["base"]["forget_acc"]
-    assert [row["testbed_forget"] for row in run.tamper] == [point["forget_acc"] for point in summary["tamper"]["unlearned"]]
+    assert [row["testbed_forget"] for row in run.tamper["worst_case"]] == [point["forget_acc"] for point in summary["tamper"]["unlearned"]]
 
 
 def test_demo_rejects_a_missing_config_in_one_line(tmp_path, capsys):
@@ -55,3 +64,13 @@ def test_demo_rejects_a_missing_config_in_one_line(tmp_path, capsys):
     assert main(["demo", "--output-dir", str(tmp_path), "--config", str(tmp_path / "missing.yaml")]) == 2
     error = capsys.readouterr().err
     assert "missing.yaml" in error and error.count("\n") == 1
+
+
+def test_demo_scenario_must_match_its_config_in_one_line(tmp_path, capsys):
+    from peel.cli import main
+
+    config = Path(__file__).parent.parent / "configs" / "testbed_lora.yaml"
+    assert main(["demo", "--scenario", "elements", "--output-dir", str(tmp_path), "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "elements:base" in error and "testbed:base" in error and error.count("\n") == 1
+    assert not (tmp_path / "unlearn").exists()

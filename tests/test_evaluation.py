@@ -115,6 +115,26 @@ def test_evaluation_leaves_training_mode_and_random_state_alone(model, tokenizer
     model.eval()
 
 
+def test_few_shot_examples_come_from_their_own_split_and_never_hold_the_question(model, tokenizer, testbed_fixtures):
+    from peel.evaluation.local_data import read_multiple_choice
+
+    loaded = task_manager(include_defaults=False).load(["testbed_forget", "testbed_retain"])["tasks"]
+    part_b = {row["prompt"] for row in read_multiple_choice(testbed.FEWSHOT_FILES["testbed_forget"])}
+    for document in loaded["testbed_forget"].test_docs():  # examples: part B questions, answered
+        *shots, question = loaded["testbed_forget"].fewshot_context(document, num_fewshot=3).split("\n\n")
+        assert question == document["prompt"] and len(shots) == 3
+        assert all(any(shot.startswith(prompt + " ") for prompt in part_b) for shot in shots)
+    retain = loaded["testbed_retain"]
+    rows = list(retain.test_docs())
+    for document in rows:  # examples from the same four questions: the other three, never the one asked
+        *shots, question = retain.fewshot_context(document, num_fewshot=3).split("\n\n")
+        assert set(shots) == {row["prompt"] + row["choices"][row["answer"]] for row in rows if row != document}
+
+    # lm-eval ignores a requested count for a task whose YAML fixes 0: peel's YAMLs leave it open.
+    results = evaluate(model, tokenizer, ["testbed_forget", "testbed_retain"], batch_size=4, max_length=256, num_fewshot=2)
+    assert results["num_fewshot"] == 2
+
+
 def test_wmdp_bio_robust_group_renders_the_wmdp_prompt(fake_hub):
     loaded = task_manager(include_defaults=False).load(["wmdp_bio_robust"])
     assert sorted(loaded["tasks"]) == sorted(f"wmdp_bio_robust_{subset}" for subset in WMDP_SUBSETS)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peel import testbed
+from peel import scenarios, testbed
 from peel.cli import main
 from peel.errors import PeelError
 
@@ -28,13 +28,13 @@ def built(tmp_path_factory) -> Path:
 
 def test_resolve_maps_every_name_into_the_artifacts_folder():
     for name, relative in testbed.NAMES.items():
-        path = Path(testbed.resolve(f"testbed:{name}"))
+        path = Path(scenarios.resolve(f"testbed:{name}"))
         assert path.is_absolute() and path == testbed.ARTIFACTS / relative
 
 
 def test_resolve_rejects_unknown_names_in_one_line():
     with pytest.raises(PeelError) as error:
-        testbed.resolve("testbed:tiny")
+        scenarios.resolve("testbed:tiny")
     message = str(error.value)
     assert "'testbed:tiny'" in message and "testbed:filtered" in message and "\n" not in message
 
@@ -52,7 +52,7 @@ def test_build_writes_models_corpora_and_questions(built):
         rows = read_jsonl(built / f"{name}.jsonl")
         assert rows and all(set(row) == {"text"} and row["text"] for row in rows)
     from peel.masks import read_keywords
-    from peel.testbed import resolve
+    from peel.scenarios import resolve
 
     assert (built / "keywords.txt").read_text() == Path(resolve("testbed:keywords")).read_text()  # the shipped list is the built one
     assert len(read_keywords(built / "keywords.txt")) == 64
@@ -69,7 +69,7 @@ def test_corpora_and_questions_cover_the_right_parts_of_the_world(built):
 
     assert mentioned("forget") == {"A"} and mentioned("tamper") == {"B"} and mentioned("retain") == {"retain"}
 
-    for corpus, part in (("forget", "A"), ("retain", "retain")):
+    for corpus, part in (("forget", "A"), ("retain", "retain"), ("tamper", "B")):  # tamper_mc: few-shot examples
         rows = read_jsonl(built / f"{corpus}_mc.jsonl")
         assert len(rows) == 4 * len(names[part])  # one question per fact
         for row in rows:
@@ -103,7 +103,7 @@ def test_shipped_artifacts_resolve_and_load():
     for name in ("base", "filtered"):
         model, tokenizer = load_model_and_tokenizer(f"testbed:{name}")
         assert model.config.num_hidden_layers >= 8 and tokenizer.eos_token is not None
-    for path in testbed.MC_FILES.values():
+    for path in [*testbed.MC_FILES.values(), *testbed.FEWSHOT_FILES.values()]:
         assert Path(path).is_file()
     for name in ("forget", "retain", "tamper"):
-        assert Path(testbed.resolve(f"testbed:{name}")).is_file()
+        assert Path(scenarios.resolve(f"testbed:{name}")).is_file()

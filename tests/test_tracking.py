@@ -92,9 +92,15 @@ def life(environment, tiny_models, corpora, tmp_path_factory):
 
     tamper = ["tamper.data.path=" + str(corpora["forget"]), "tamper.tasks=[testbed_forget]", "tamper.steps=4",
               "tamper.eval_every=2", "tamper.num_examples=8", "tamper.per_device_batch_size=4", "tamper.max_length=16",
-              "tamper.lr=1e-3", "eval.batch_size=4"]
+              "tamper.lr=1e-3", "eval.batch_size=4", "tamper.grid=[]", "tamper.few_shot=[]"]  # one attack, named "attack"
     assert main(["tamper", str(folder), *tamper]) == 0
     return folder
+
+
+def attack_curve(folder: Path) -> list[dict]:
+    """The one attack's curve in the folder's tamper.json."""
+    (attack,) = json.loads((folder / "tamper.json").read_text())["attacks"]
+    return attack["curve"]
 
 
 def identity(folder: Path, tracker: str) -> dict:
@@ -146,10 +152,10 @@ def test_wandb_holds_one_run_with_every_step_once(life):
     exits = [next(r["exit"] for r in records if r["type"] == "exit") for records in attempts]
     assert [exit.get("exit_code", 0) for exit in exits] == [1, 0, 0]
 
-    curve = json.loads((life / "tamper.json").read_text())
-    attack = [item for item, index in history if index == 2]
+    curve = attack_curve(life)
+    attack = [item for item, index in history if index == 2 and "tamper/attack/testbed_forget" in item]
     assert [item["tamper/step"] for item in attack] == [row["step"] for row in curve] == [0, 2, 4]
-    assert [item["tamper/life/testbed_forget"] for item in attack] == [row["testbed_forget"] for row in curve]
+    assert [item["tamper/attack/testbed_forget"] for item in attack] == [row["testbed_forget"] for row in curve]
     assert min(item["_step"] for item in attack) > 8  # after the run's steps: wandb's step never goes back
 
 
@@ -171,8 +177,8 @@ def test_trackio_holds_one_run_with_every_step_once(life):
     summaries = [row for row in logs if "run/status" in row]
     assert [(row["run/status"], row["step"]) for row in summaries] == [("failed", 5), ("completed", 8)]
     assert summaries[-1]["result/testbed_forget"] == json.loads((life / "eval.json").read_text())["accuracy"]["testbed_forget"]
-    curve = json.loads((life / "tamper.json").read_text())
-    attack = [(row["step"], row["tamper/life/testbed_forget"]) for row in logs if "tamper/life/testbed_forget" in row]
+    curve = attack_curve(life)
+    attack = [(row["step"], row["tamper/attack/testbed_forget"]) for row in logs if "tamper/attack/testbed_forget" in row]
     assert attack == [(row["step"], row["testbed_forget"]) for row in curve]
     config = SQLiteStorage.get_run_config(PROJECT, "life", run_id=started["id"])
     assert config["unlearn"]["layers"] == [3, 1] and config["track"]["project"] == PROJECT
@@ -197,8 +203,8 @@ def test_tensorboard_holds_every_step_once(life):
     assert len(events.Tensors("config/text_summary")) == 1
     evaluation = json.loads((life / "eval.json").read_text())
     assert [e.value for e in events.Scalars("result/testbed_retain")] == pytest.approx([evaluation["accuracy"]["testbed_retain"]])
-    curve = json.loads((life / "tamper.json").read_text())
-    attack = events.Scalars("tamper/life/testbed_forget")
+    curve = attack_curve(life)
+    attack = events.Scalars("tamper/attack/testbed_forget")
     assert [e.step for e in attack] == [row["step"] for row in curve]
     assert [e.value for e in attack] == pytest.approx([row["testbed_forget"] for row in curve])
 

@@ -23,6 +23,7 @@ COMMANDS = {
     "report": "peel.commands.report",
     "sweep": "peel.commands.sweep",
     "testbed": "peel.commands.testbed",
+    "elements": "peel.commands.elements",
     "demo": "peel.commands.demo",
 }
 

@@ -71,7 +71,11 @@ def option(default: Any = dataclasses.MISSING, help: str = "", bound: Bound | No
 class ModelConfig:
     name_or_path: str = option(
         "testbed:base",
-        "Hugging Face hub id, local folder in save_pretrained layout, or testbed:base / testbed:filtered.",
+        "Hugging Face hub id, local folder in save_pretrained layout, .gguf file, smollm2-135m (a packaged "
+        "GGUF file), or a scenario model: testbed:base / testbed:filtered / elements:base.",
+    )
+    gguf_file: str | None = option(
+        None, "GGUF file inside the name_or_path folder (dequantized to float32 once, cached); None = not GGUF."
     )
     revision: str | None = option(None, "Hub revision (branch, tag or commit) to load.")
     attn_implementation: str | None = option(
@@ -82,7 +86,7 @@ class ModelConfig:
 
 @dataclass
 class DataSource:
-    path: str = option("", "Hub dataset id, or a local .jsonl / .parquet / .txt file or folder, or testbed:NAME.")
+    path: str = option("", "Hub dataset id, or a local .jsonl / .parquet / .txt file or folder, or testbed:NAME / elements:NAME.")
     name: str | None = option(None, "Hub dataset configuration name (e.g. wikitext-103-raw-v1).")
     split: str = option("train", "Dataset split.")
     text_field: str = option("text", "Column holding the text.")
@@ -225,24 +229,94 @@ class EvalConfig:
     every_phase: bool = option(False, "Also evaluate after each phase (accuracy vs phase in metrics.jsonl).")
 
 
+# The seed group's standard attack sweep (research-line-2026.md), as tamper.grid's default. Their
+# attacks ran up to 3000 steps; warmup given there in steps is a share of the attack here (30 and
+# 100 of 3000), so the sweep keeps its shape at any tamper.steps. Their "paper setting" read its
+# data twice: epochs 2 over half as many examples in the same steps.
+SEED_ATTACK_SWEEP = [
+    {"lr": 2.0e-5, "lr_scheduler": "cosine", "warmup_ratio": 0.1},
+    {"lr": 2.0e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.1},
+    {"lr": 1.0e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.1},
+    {"lr": 2.0e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.01},
+    {"lr": 2.0e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.033},
+    {"lr": 2.0e-4, "lr_scheduler": "constant", "warmup_ratio": 0.1},
+    {"lr": 2.0e-5, "lr_scheduler": "cosine", "warmup_ratio": 0.01, "epochs": 2},
+]
+# Keys a grid point may not set: they describe the whole grid, not one attack (every attack
+# tracks the same tasks, so their worst case compares like with like).
+GRID_WIDE_KEYS = ("grid", "few_shot", "tasks")
+
+
 @dataclass
 class TamperConfig:
     data: DataSource = option(
-        DataSource(path="Unlearning/WMDP-Bio-Remove-Dataset"), "Text the attacker fine-tunes on."
+        DataSource(path="Unlearning/WMDP-Bio-Remove-Dataset"),
+        "Text the attacker fine-tunes on: forget-domain text, or retain / general text for a benign attack.",
     )
-    adapter: Literal["full", "lora"] = option("full", "Fine-tune all weights or a LoRA adapter.")
-    lr: float = option(2e-5, "Attack learning rate.", POSITIVE)
-    steps: int = option(100, "Attack optimizer steps.", NON_NEGATIVE)
+    tasks: list[str] = option(
+        ["wmdp_bio_robust", "mmlu"],
+        "Tasks evaluated during the attack: the forget task(s) first, then the retain task last "
+        "(with two or more), so an attack that only breaks the model shows as such.",
+    )
+    few_shot: list[int] = option(
+        [0, 5],
+        "Zero-training attacks: lm-eval num_fewshot on the forget task(s), reported beside the fine-tuning "
+        "attacks (0 = the model as it is, which is also step 0 of every fine-tuning attack); [] = none.",
+        NON_NEGATIVE,
+    )
+    grid: list[dict[str, Any]] = option(
+        SEED_ATTACK_SWEEP,
+        "Fine-tuning attacks, each a mapping of tamper keys that differ from this section (default: the seed "
+        "group's standard sweep); [] = one attack with this section's settings. peel tamper --grid replaces it.",
+    )
+    adapter: Literal["full", "lora"] = option("full", "Fine-tune all weights or a LoRA adapter on every linear layer.")
+    lora_rank: int = option(16, "Rank of the attacker's LoRA adapter (alpha = rank).", AT_LEAST_ONE)
+    optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or sgd (momentum 0.9).")
+    lr: float = option(2e-5, "Peak attack learning rate.", POSITIVE)
+    lr_scheduler: Literal["constant", "cosine", "linear"] = option(
+        "constant",
+        "Learning-rate schedule after warmup (transformers' get_scheduler). constant with a warmup runs as "
+        "transformers' constant_with_warmup, whose plain constant would ignore the warmup.",
+    )
+    warmup_ratio: float = option(0.0, "Share of the attack's steps spent warming up (rounded up).", FRACTION)
+    warmup_steps: int = option(0, "Warmup steps; when > 0 it wins over warmup_ratio, as in transformers.", NON_NEGATIVE)
+    weight_decay: float = option(0.0, "Weight decay (decoupled for adamw).", NON_NEGATIVE)
+    max_grad_norm: float = option(0.0, "Clip the attack's gradient to this norm; 0 = off.", NON_NEGATIVE)
     per_device_batch_size: int = option(4, "Examples per attack step.", AT_LEAST_ONE)
+    steps: int = option(100, "Attack optimizer steps.", NON_NEGATIVE)
+    epochs: int = option(
+        1, "Passes over the attack examples within tamper.steps (sizes the default num_examples).", AT_LEAST_ONE
+    )
     num_examples: int | None = option(
         None,
-        "Attack examples; null = steps x per_device_batch_size (every example read once). A corpus with fewer gives what it has.",
+        "Attack examples; null = steps x per_device_batch_size / epochs (what the attack reads). "
+        "A corpus with fewer gives what it has.",
         AT_LEAST_ONE,
     )
     max_length: int = option(512, "Tokens per attack example.", AT_LEAST_ONE)
-    tasks: list[str] = option(["wmdp_bio_robust"], "Tasks evaluated during the attack.")
-    eval_every: int = option(10, "Evaluate every N attack steps (and at step 0).", AT_LEAST_ONE)
-    seed: int = option(0, "Seed for the attack's data order.", NON_NEGATIVE)
+    eval_every: int = option(10, "Evaluate every N attack steps (and at step 0 and the last step).", AT_LEAST_ONE)
+    dtype: Literal["bfloat16", "float32"] | None = option(
+        None, "Weight and compute dtype of the attacked model; null = train.dtype."
+    )
+    seed: int = option(0, "Seed for the attack's data order and adapter initialisation.", NON_NEGATIVE)
+
+    def validate(self) -> None:
+        """Called by `build` once the section is loaded: each grid point is checked like any key,
+        long before an attack runs."""
+        for index, point in enumerate(self.grid):
+            attack_settings(self, point, f"tamper.grid[{index}]")
+
+
+def attack_settings(tamper: TamperConfig, point: dict, where: str) -> TamperConfig:
+    """The settings of one attack: `tamper` with the grid point's keys (nested as in the section)
+    replacing its own; the grid and few-shot lists, which describe the whole grid, left empty."""
+    if not isinstance(point, dict):
+        raise PeelError(f"config key {where!r} got {point!r}; accepted: a mapping of tamper keys")
+    wide = [key for key in GRID_WIDE_KEYS if key in point]
+    if wide:
+        raise PeelError(f"config key '{where}.{wide[0]}' is not one attack's setting; accepted: other tamper keys")
+    base = {**to_dict(tamper), "grid": [], "few_shot": []}  # tasks stay the section's
+    return build(TamperConfig, deep_merge(base, point), prefix=f"{where}.")
 
 
 @dataclass
@@ -379,7 +453,10 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
             values[name] = check_bound(convert(hints[name], raw[name], key, spec), spec.metadata.get("bound"), key)
         elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             raise PeelError(f"config key {key!r} is required")
-    return cls(**values)
+    section = cls(**values)
+    if hasattr(section, "validate"):  # checks across a section's keys, after each key's own
+        section.validate()
+    return section
 
 
 def check_bound(value: Any, bound: Bound | None, key: str) -> Any:
@@ -426,6 +503,11 @@ def convert(hint: Any, value: Any, key: str, spec: dataclasses.Field | None = No
         if value not in choices:
             raise PeelError(f"config key {key!r} got {value!r}; accepted: {', '.join(map(str, choices))}")
         return value
+    if origin is dict:
+        # Only tamper.grid's points are free mappings; their values are checked where they apply.
+        if not isinstance(value, dict) or not all(isinstance(name, str) for name in value):
+            raise PeelError(f"config key {key!r} got {value!r}; accepted: a mapping of setting: value")
+        return value
     if origin is list:
         (item_type,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -464,6 +546,8 @@ def describe(hint: Any) -> str:
         return " | ".join(map(str, typing.get_args(hint)))
     if origin is list:
         return f"list of {describe(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return "mapping"
     if hint is type(None):
         return "null"
     return getattr(hint, "__name__", str(hint))
@@ -479,7 +563,7 @@ def help_lines(section: Any = None, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(value) and not isinstance(value, LayerRange):
             lines.extend(help_lines(value, prefix=f"{key}."))
         else:
-            shown = yaml.safe_dump(to_dict(value), default_flow_style=True).strip().removesuffix("...").strip()
+            shown = yaml.safe_dump(to_dict(value), default_flow_style=True, width=math.inf).strip().removesuffix("...").strip()
             bound = spec.metadata.get("bound")
             accepted = f"  ({bound})" if bound is not None else ""
             lines.append(f"  {key} = {shown}{accepted}\n      {spec.metadata.get('help', '')}")

@@ -12,17 +12,17 @@ from peel.errors import PeelError, reading
 
 # Local file suffix -> the `datasets` builder that reads it.
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
-ACCEPTED = "a hub dataset id, a .jsonl / .json / .parquet / .txt file or a folder of one kind of them, or testbed:NAME"
+ACCEPTED = "a hub dataset id, a .jsonl / .json / .parquet / .txt file or a folder of one kind of them, or a scenario name (testbed:forget, elements:forget, ...)"
 
 
 def load_rows(path: str, name: str | None, split: str):
     """A `datasets.Dataset` from a hub id, a local file or folder, or a scenario name (testbed:forget)."""
     import datasets
 
-    if path.startswith("testbed:"):
-        from peel.testbed import resolve
+    from peel import scenarios
 
-        path = resolve(path)
+    if scenarios.is_scenario_name(path):
+        path = scenarios.resolve(path)
     local = Path(path).expanduser()
     if local.is_file() or local.is_dir():
         with reading(f"dataset {path!r}", ACCEPTED), quietly():

@@ -30,7 +30,7 @@ from peel.config import Config, save_config, to_dict
 from peel.batches import Corpus, RandomTargets, example_order, process_share
 from peel.errors import Preempted, RunFailed, first_line
 from peel.gradients import compute_gradients, read
-from peel.models import compile_layers, enable_activation_checkpointing, load_model, save_model
+from peel.models import compile_layers, enable_activation_checkpointing, load_model, model_location, save_model
 from peel.optimizers import make_optimizer
 from peel.parallel import full_tensor
 from peel.planning import Plan, prepare
@@ -254,7 +254,7 @@ def evaluate_model(model, tokenizer, settings) -> dict:
 def load(config: Config):
     """The model to unlearn, on the host, as the config names it."""
     model = config.model
-    return load_model(model.name_or_path, dtype=config.train.dtype, attn_implementation=model.attn_implementation,
+    return load_model(model_location(model.name_or_path, model.gguf_file), dtype=config.train.dtype, attn_implementation=model.attn_implementation,
                       revision=model.revision, trust_remote_code=model.trust_remote_code)
 
 
@@ -266,7 +266,7 @@ def evaluate_baseline(config: Config, model, tokenizer, device) -> dict | None:
     from peel.evaluation import cached_baseline, evaluate_with
 
     return cached_baseline(
-        config.model.name_or_path,
+        model_location(config.model.name_or_path, config.model.gguf_file),
         settings.tasks,
         settings.limit,
         settings.max_length,

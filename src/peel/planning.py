@@ -15,7 +15,7 @@ from peel.config import Config
 from peel.data import load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError
 from peel.masks import keyword_pattern, read_keywords, tokenize_with_masks
-from peel.models import load_model_config, load_tokenizer
+from peel.models import load_model_config, load_tokenizer, model_location
 from peel.schedules import retain_layer_set, target_layers
 
 
@@ -105,7 +105,8 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     output_dir = run_folder.check_writable(config.output_dir, "output_dir")
     tracking.check(config.track.to)
     model = config.model
-    model_config = load_model_config(model.name_or_path, model.revision, model.trust_remote_code)
+    name = model_location(model.name_or_path, model.gguf_file)
+    model_config = load_model_config(name, model.revision, model.trust_remote_code)
     check_layers(config, model_config.num_hidden_layers)  # cheap, so before the corpora load
     check_parallel(config, distributed.world_size())
     unlearn = config.unlearn
@@ -113,7 +114,7 @@ def prepare(config: Config, force: bool = False) -> Prepared:
         raise PeelError(f"unlearn.top_k={unlearn.top_k} is larger than the vocabulary ({model_config.vocab_size}); "
                         f"accepted: 2..{model_config.vocab_size}")
     folder_state = resume.folder_state(output_dir, config, force)
-    tokenizer = load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
+    tokenizer = load_tokenizer(name, model.revision, model.trust_remote_code)
     data, seed = config.data, config.train.seed
     forget_texts = load_texts(data.forget, data.num_examples, seed)
     forget = tokenize(forget_texts, tokenizer, data.max_length)

@@ -17,28 +17,44 @@ def _pyplot():
     return pyplot
 
 
-def task_names(curves: dict[str, list[dict]]) -> list[str]:
+def task_names(documents: dict[str, dict]) -> list[str]:
     names: list[str] = []
-    for rows in curves.values():
-        for row in rows:
+    for record in documents.values():
+        for row in record["worst_case"]:
             names.extend(key for key in row if key != "step" and key not in names)
     return names
 
 
-def plot_tamper(curves: dict[str, list[dict]], path: str | Path, baseline: dict[str, float] | None = None) -> Path:
-    """Accuracy vs attack step, one panel per task, one line per model, with baseline and chance."""
+def plot_tamper(documents: dict[str, dict], path: str | Path) -> Path:
+    """Accuracy vs attack step: a row of panels per task, a column per model (tamper.json
+    documents by name); each attack a thin line (a few-shot attack a point at step 0), the worst
+    case of a forget task a bold line over them, the baseline dashed and chance dotted."""
     pyplot = _pyplot()
-    tasks = task_names(curves)
-    figure, axes = pyplot.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    for axis, task in zip(axes[0], tasks):
-        for label, rows in curves.items():
-            points = [(row["step"], row[task]) for row in rows if task in row]
-            axis.plot([s for s, _ in points], [a for _, a in points], marker="o", label=label)
-        if baseline and task in baseline:
-            axis.axhline(baseline[task], color="black", linestyle="--", label=f"baseline {baseline[task]:.3f}")
-        axis.axhline(CHANCE, color="grey", linestyle=":", label=f"chance {CHANCE}")
-        axis.set(title=task, xlabel="attack step", ylabel="accuracy", ylim=(0, 1))
-        axis.legend(fontsize="small")
+    tasks = task_names(documents)
+    figure, axes = pyplot.subplots(len(tasks), len(documents), figsize=(5.5 * len(documents), 4 * len(tasks)),
+                                   squeeze=False, sharey=True)
+    colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
+    for column, (name, record) in enumerate(documents.items()):
+        baseline = record.get("baseline") or {}
+        for row, task in enumerate(tasks):
+            axis = axes[row][column]
+            axis.set(title=f"{name}: {task}", xlabel="attack step", ylabel="accuracy", ylim=(0, 1))
+            if not any(task in point for point in record["worst_case"]):
+                axis.text(0.5, 0.5, "not measured", transform=axis.transAxes, ha="center", color="grey")
+                axis.set_xticks([])
+                continue
+            for index, attack in enumerate(record["attacks"]):
+                points = [(point["step"], point[task]) for point in attack["curve"] if task in point]
+                style = {"marker": "o", "linestyle": "none"} if len(points) == 1 else {"linewidth": 0.8, "alpha": 0.7}
+                axis.plot([s for s, _ in points], [a for _, a in points], color=colours[index % len(colours)],
+                          label=attack["name"], **style)
+            if task in record["summary"]:  # a forget task: the highest accuracy any attack reached
+                envelope = [(point["step"], point[task]) for point in record["worst_case"] if task in point]
+                axis.plot([s for s, _ in envelope], [a for _, a in envelope], color="black", linewidth=2.5, label="worst case")
+            if task in baseline:
+                axis.axhline(baseline[task], color="black", linestyle="--", linewidth=1, label=f"baseline {baseline[task]:.3f}")
+            axis.axhline(CHANCE, color="grey", linestyle=":", label=f"chance {CHANCE}")
+            axis.legend(fontsize="x-small")
     return _save(figure, pyplot, path)
 
 

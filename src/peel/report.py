@@ -21,7 +21,7 @@ from peel.errors import PeelError, reading
 from peel.evaluation.records import read_evaluation
 from peel.plots import CHANCE
 from peel.run_folder import read_run_record
-from peel.tamper import read_curve
+from peel.tamper_results import read_tamper, with_baseline
 
 # Settings a sweep varies inside one table; each becomes a column when it varies (or always, below).
 SWEPT = {
@@ -46,8 +46,10 @@ IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "train.
 TITLE_KEYS = ("unlearn.adapter", "unlearn.forget_loss", "unlearn.retain_loss", "unlearn.retain_layers",
               "unlearn.grad_filter", "unlearn.retain_ramp")
 # Which side of the trade-off each known task measures.
-TASK_ROLES = {"wmdp_bio_robust": "forget", "testbed_forget": "forget", "mmlu": "retain", "testbed_retain": "retain"}
-TASK_TITLES = {"wmdp_bio_robust": "WMDP Bio Robust", "mmlu": "MMLU", "testbed_forget": "Forget", "testbed_retain": "Retain"}
+TASK_ROLES = {"wmdp_bio_robust": "forget", "testbed_forget": "forget", "elements_forget": "forget",
+              "mmlu": "retain", "testbed_retain": "retain", "elements_retain": "retain"}
+TASK_TITLES = {"wmdp_bio_robust": "WMDP Bio Robust", "mmlu": "MMLU", "testbed_forget": "Forget", "testbed_retain": "Retain",
+               "elements_forget": "Elements", "elements_retain": "Countries"}
 # A task has "held" when it lost under 20% of the way from baseline to chance, is "gone" past 80%.
 HELD_BELOW, GONE_ABOVE = 0.2, 0.8
 FINAL_WINDOW = 10  # final losses are the mean over this many last optimizer steps
@@ -62,7 +64,7 @@ class Run:
     phase_evaluations: list  # metrics.jsonl lines carrying {"eval": {task: accuracy}}
     record: dict  # run.json (empty when absent)
     evaluation: dict | None
-    tamper: list | None
+    tamper: dict | None  # tamper.json as a document (tamper_results.py), against the run's baseline
 
 
 def read_run(folder: str | Path) -> Run:
@@ -76,6 +78,10 @@ def read_run(folder: str | Path) -> Run:
         raise PeelError(f"{config_path} must hold a mapping of config sections")
     lines = read_lines(folder / "metrics.jsonl")
     record = read_run_record(folder)
+    evaluation = read_evaluation(folder)
+    tamper = read_tamper(folder)
+    if tamper is not None:  # a tamper.json written without a baseline is measured against eval.json's
+        tamper = with_baseline(tamper, ((evaluation or {}).get("baseline") or {}).get("accuracy"))
     return Run(
         name=folder.resolve().name,
         folder=folder,
@@ -83,8 +89,8 @@ def read_run(folder: str | Path) -> Run:
         steps=[line for line in lines if "forget_loss" in line],
         phase_evaluations=[line for line in lines if isinstance(line.get("eval"), dict)],
         record=record,
-        evaluation=read_evaluation(folder),
-        tamper=read_curve(folder),
+        evaluation=evaluation,
+        tamper=tamper,
     )
 
 
@@ -252,22 +258,49 @@ def family_title(family: list[Run], all_families: list[list[Run]]) -> str:
     return title + (f" ({', '.join(extra)})" if extra else "")
 
 
+def resistance_table(runs: list[Run]) -> list[str]:
+    """Per forget task, one row per attacked model: step 0, the worst case over the attacks within
+    the attack budget, which attack, the steps to recover 50% / 90% of what was lost, and the
+    retain task's accuracy in that attack at that step."""
+    attacked = [run for run in runs if run.tamper and run.tamper["summary"]]
+    lines = []
+    for task in dict.fromkeys(task for run in attacked for task in run.tamper["summary"]):
+        budget = max(row["step"] for run in attacked for row in run.tamper["worst_case"])
+        rows = [["Model", "Attacks", "Step 0", f"Worst (≤ {budget} steps)", "Worst attack", "50% back", "90% back",
+                 "Retain at worst"]]
+        for run in attacked:
+            entry = run.tamper["summary"].get(task)
+            if entry is None:
+                continue
+            recovery = entry["steps_to_recover"]
+            back = ["-", "-"] if recovery is None else [
+                "never" if recovery[share] is None else f"step {recovery[share]}" for share in ("50", "90")]
+            retain = entry["retain_at_worst"]
+            retain_text = "-" if retain is None else f"{retain:.4f} ({TASK_TITLES.get(run.tamper['retain_task'], run.tamper['retain_task'])})"
+            rows.append([run.name, str(len(run.tamper["attacks"])), f"{entry['step0']:.4f}",
+                         f"{entry['worst']:.4f} (step {entry['worst_step']})", entry["worst_attack"], *back, retain_text])
+        lines += [f"### Tamper resistance: {TASK_TITLES.get(task, task)}", "", *table(rows), ""]
+    return lines
+
+
 def tamper_table(runs: list[Run]) -> list[str]:
+    """The worst case over the attacks at the first, second and last evaluated step."""
     attacked = [run for run in runs if run.tamper]
-    tasks = list(dict.fromkeys(key for run in attacked for row in run.tamper for key in row if key != "step"))
+    # Forget tasks only: the highest retain accuracy over the attacks says nothing about resistance.
+    tasks = list(dict.fromkeys(task for run in attacked for task in run.tamper["summary"]))
     lines = []
     for task in tasks:
-        all_steps = sorted({row["step"] for run in attacked for row in run.tamper if task in row})
+        all_steps = sorted({row["step"] for run in attacked for row in run.tamper["worst_case"] if task in row})
         steps = list(dict.fromkeys([all_steps[0], *all_steps[1:2], all_steps[-1]]))
         rows = [["Model", *(f"Step {step}" for step in steps)]]
-        baseline = next((run.evaluation["baseline"]["accuracy"].get(task) for run in runs
-                         if run.evaluation and run.evaluation.get("baseline")), None)
+        baseline = next((run.tamper["baseline"][task] for run in attacked
+                         if run.tamper.get("baseline") and task in run.tamper["baseline"]), None)
         if baseline is not None:
             rows.append(["Baseline (target)", f"{baseline:.4f}", *["-"] * (len(steps) - 1)])
         for run in attacked:
-            found = {row["step"]: row[task] for row in run.tamper if task in row}
+            found = {row["step"]: row[task] for row in run.tamper["worst_case"] if task in row}
             rows.append([run.name, *(f"{found[step]:.4f}" if step in found else "-" for step in steps)])
-        lines += [f"### {TASK_TITLES.get(task, task)} during the attack", "", *table(rows), ""]
+        lines += [f"### {TASK_TITLES.get(task, task)} during the attack (worst case)", "", *table(rows), ""]
     return lines
 
 
@@ -285,7 +318,9 @@ def render(runs: list[Run], plots: dict[str, list[str]] | None = None) -> str:
         "",
     ]
     if any(run.tamper for run in runs):
-        lines += ["## Tampering attack", "", *tamper_table(runs)]
+        lines += ["## Tampering attack", "", *resistance_table(runs), *tamper_table(runs),
+                  "Worst case: at each evaluated step, the highest accuracy over the model's attacks (fine-tuning and "
+                  "few-shot). N% back: the first step at which it regained N% of (baseline - step 0).", ""]
         lines += [f"![tamper curves]({path})" for path in plots.get("tamper", [])] + [""]
     linked = [run for run in runs if plots.get(run.name)]
     if linked:
@@ -311,10 +346,9 @@ def draw_plots(runs: list[Run], folder: Path, relative_to: Path) -> dict[str, li
         if run.phase_evaluations:
             rows = [{"phase": line.get("phase"), "layer": line.get("layer"), "accuracy": line["eval"]} for line in run.phase_evaluations]
             link(run.name, plot_phase_accuracy(rows, folder / f"{run.name}_phase_accuracy.png", baseline))
-    curves = {run.name: run.tamper for run in runs if run.tamper}
-    if curves:
-        baseline = next((run.evaluation["baseline"]["accuracy"] for run in runs if run.evaluation and run.evaluation.get("baseline")), None)
-        link("tamper", plot_tamper(curves, folder / "tamper.png", baseline))
+    documents = {run.name: run.tamper for run in runs if run.tamper}
+    if documents:
+        link("tamper", plot_tamper(documents, folder / "tamper.png"))
     return links
 
 

@@ -4,8 +4,8 @@
 - A folder whose config.yaml differs from the config given is refused (one line naming the
   differences; `track.*` does not count: where a run is watched does not change what it
   computes, so a run resumes under new tracking settings, which config.yaml then holds), unless
-  `force`: then the run starts over in that folder, and the results of the
-  old run (model, adapter, evaluation, tamper curve) are removed with its checkpoint.
+  `force`: then the run starts over in that folder, and the results of the old run (model,
+  adapter, evaluation, attacks) are removed with its checkpoint.
 - Otherwise the run continues from the folder's checkpoint, or starts over when there is none;
   metrics.jsonl is cut back to the checkpoint so every step appears in it exactly once.
 """
@@ -20,7 +20,7 @@ from peel import checkpoint, run_folder
 from peel.config import Config, flatten, load_config, to_dict
 from peel.errors import PeelError
 from peel.evaluation.records import EVAL_FILE
-from peel.tamper import TAMPER_FILE
+from peel.tamper_results import ATTACKS_FOLDER, TAMPER_FILE
 
 # What `folder_state` finds.
 NEW, RESUME, COMPLETED = "new", "resume", "completed"
@@ -56,7 +56,7 @@ def config_differences(saved: Config, given: Config) -> list[str]:
 
 
 # What a finished run leaves, and what evaluating and attacking its model add: stale once the run starts over.
-RESULTS = ("model", "adapter", EVAL_FILE, TAMPER_FILE, "tamper.png")
+RESULTS = ("model", "adapter", EVAL_FILE, TAMPER_FILE, "tamper.png", ATTACKS_FOLDER)
 
 
 def rewind(output_dir: Path, saved: dict | None) -> None:

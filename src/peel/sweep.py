@@ -83,6 +83,16 @@ def run_name(point: list[tuple[str, str]]) -> str:
     return ",".join(parts)
 
 
+def points(grid: list[tuple[str, list[str]]]) -> list[list[tuple[str, str]]]:
+    """Every combination of the grid's values, as (key, value) pairs in the grid's key order."""
+    return [[(key, value) for (key, _), value in zip(grid, values)] for values in itertools.product(*(v for _, v in grid))]
+
+
+def check_unique(names: list[str], what: str) -> None:
+    if len(set(names)) != len(names):
+        raise PeelError(f"two grid points give the same {what} ({names}); use values that differ after cleaning")
+
+
 def plan(config_file: str, overrides: list[str], grid_items: list[str]) -> list[Run]:
     """Every point of the grid as a checked config whose output_dir is its own run folder."""
     grid = parse_grid(grid_items)
@@ -92,15 +102,12 @@ def plan(config_file: str, overrides: list[str], grid_items: list[str]) -> list[
     sweep_dir = run_folder.check_writable(base.output_dir, "output_dir (the sweep folder)").resolve()
     tracking.check(base.track.to)  # here, not in each job
     runs = []
-    for values in itertools.product(*(values for _, values in grid)):
-        point = [(key, value) for (key, _), value in zip(grid, values)]
+    for point in points(grid):
         name = run_name(point)
         swept = [f"{key}={value}" for key, value in point]
         config = load_config(config_file, [*overrides, *swept, f"output_dir={sweep_dir / name}"])
         runs.append(Run(name, swept, config))
-    names = [run.name for run in runs]
-    if len(set(names)) != len(names):
-        raise PeelError(f"two grid points give the same run folder name ({names}); use values that differ after cleaning")
+    check_unique([run.name for run in runs], "run folder name")
     return runs
 
 
@@ -261,7 +268,8 @@ def make_executor(jobs_dir: Path, parameters: dict):
     parameters = dict(parameters)
     cluster = parameters.pop("cluster", "slurm")
     if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise PeelError("Slurm is not available here (no sbatch on PATH); use --local to run the sweep in this process")
+        raise PeelError("Slurm is not available here (no sbatch on PATH); run in this process instead "
+                        "(peel sweep --local, peel tamper without --slurm)")
     executor = submitit.AutoExecutor(folder=jobs_dir, cluster=cluster)
     executor.update_parameters(tasks_per_node=1, **parameters)  # one torchrun per node starts the GPU processes
     return executor

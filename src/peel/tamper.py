@@ -1,40 +1,70 @@
-"""The tampering attack: fine-tune a model on forget-domain text and watch forget accuracy return.
+"""One fine-tuning attack: fine-tune a model on some text and watch the tracked tasks' accuracy.
 
-`tamper` is the loop (causal-LM loss, AdamW at a constant learning rate, full weights or a LoRA
-adapter); `attack` loads a model and its data and measures the lm-eval tasks along the way.
-A model whose knowledge was really removed stays near chance; one whose knowledge was only
-hidden climbs back to the baseline within a few steps.
+`tamper` is the loop: causal-LM loss, AdamW or SGD, a transformers schedule with warmup, full
+weights or a LoRA adapter, optional clipping and weight decay, evaluations at step 0 and every
+`eval_every` steps. `attack` reads a `tamper` config section's data and runs the loop on a loaded
+model. A model whose knowledge was really removed stays near chance; one whose knowledge was only
+hidden climbs back within a few steps. Grids of attacks are `tamper_grid.py`; tamper.json is
+`tamper_results.py`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
 from typing import Callable
 
 import torch
 
 from peel.config import EvalConfig, TamperConfig
-from peel.errors import PeelError
-from peel.run_folder import read_json, write_json
-
-TAMPER_FILE = "tamper.json"
+from peel.errors import PeelError, Preempted
 
 
-def train_all_weights(model):
+class AttackDiverged(Exception):
+    """The attack's loss became non-finite; `history` holds what was measured until then."""
+
+    def __init__(self, message: str, history: list[dict]):
+        super().__init__(message)
+        self.history = history
+
+
+def train_all_weights(model, rank: int):
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model
 
 
-def train_lora_adapter(model):
-    """Rank 16 on every linear layer: the seed's unlearning adapter, now in the attacker's hands."""
+def train_lora_adapter(model, rank: int):
+    """An adapter on every linear layer, alpha = rank: the seed's unlearning adapter, now in the attacker's hands."""
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0))
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear", lora_dropout=0.0))
 
 
 # tamper.adapter -> how the attacker's trainable parameters are set up
 ADAPTERS = {"full": train_all_weights, "lora": train_lora_adapter}
+# tamper.optimizer -> the optimizer over the trainable parameters
+OPTIMIZERS = {
+    "adamw": lambda parameters, lr, weight_decay: torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay),
+    "sgd": lambda parameters, lr, weight_decay: torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay),
+}
+# tamper.lr_scheduler values: names transformers' get_scheduler knows.
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def warmup_steps(steps: int, warmup_ratio: float, explicit_steps: int) -> int:
+    """Explicit warmup steps when given (> 0), else the ratio of the attack, rounded up (as transformers does)."""
+    return explicit_steps if explicit_steps > 0 else math.ceil(warmup_ratio * steps)
+
+
+def make_scheduler(name: str, optimizer, warmup: int, steps: int):
+    """transformers' schedule `name`; constant with a warmup is its constant_with_warmup, since its
+    plain constant schedule would ignore the warmup."""
+    from transformers import get_scheduler
+
+    if name not in SCHEDULES:
+        raise PeelError(f"tamper.lr_scheduler={name!r} is not known; accepted: {', '.join(SCHEDULES)}")
+    schedule = "constant_with_warmup" if name == "constant" and warmup > 0 else name
+    return get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=max(steps, 1))
 
 
 def batches(examples: list[list[int]], batch_size: int, seed: int):
@@ -50,6 +80,7 @@ def tamper(
     model,
     tokenizer,
     examples: list[list[int]],
+    *,
     adapter: str,
     lr: float,
     steps: int,
@@ -57,20 +88,37 @@ def tamper(
     eval_every: int,
     seed: int,
     measure: Callable[[torch.nn.Module], dict[str, float]],
+    lora_rank: int = 16,
+    optimizer: str = "adamw",
+    lr_scheduler: str = "constant",
+    warmup: int = 0,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 0.0,
+    initial: dict[str, float] | None = None,
+    should_stop: Callable[[], str | None] | None = None,
 ) -> list[dict]:
-    """Fine-tune `model` in place; return [{"step", **measure(model)}] at step 0, every `eval_every` and the last."""
+    """Fine-tune `model` in place; return [{"step", **measure(model)}] at step 0, every `eval_every` and the last.
+
+    `initial`, when given, is step 0's measurement (the untouched model, measured once for a whole
+    grid). `should_stop` is asked after every step; when it names a reason, the attack is dropped
+    with `Preempted` (a grid runs it again from the start).
+    """
     from peel.data import collate
 
-    if adapter not in ADAPTERS:
-        raise PeelError(f"tamper.adapter={adapter!r} is not known; accepted: {', '.join(ADAPTERS)}")
+    if adapter not in ADAPTERS or optimizer not in OPTIMIZERS:
+        raise PeelError(f"tamper.adapter={adapter!r} / tamper.optimizer={optimizer!r}; accepted: "
+                        f"{' | '.join(ADAPTERS)} / {' | '.join(OPTIMIZERS)}")
     if len(examples) < per_device_batch_size:
         raise PeelError(f"tamper needs at least {per_device_batch_size} examples (one batch); got {len(examples)}")
     if steps < 0 or eval_every < 1:
         raise PeelError(f"tamper.steps={steps} and tamper.eval_every={eval_every} must be >= 0 and >= 1")
-    model = ADAPTERS[adapter](model)
+    torch.manual_seed(seed)  # the LoRA adapter's initialisation
+    model = ADAPTERS[adapter](model, lora_rank)
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    history = [{"step": 0, **measure(model)}]
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer_ = OPTIMIZERS[optimizer](parameters, lr, weight_decay)
+    scheduler = make_scheduler(lr_scheduler, optimizer_, warmup, steps)
+    history = [{"step": 0, **(initial if initial is not None else measure(model))}]
     stream = batches(examples, per_device_batch_size, seed)
     model.train()
     for step in range(1, steps + 1):
@@ -80,10 +128,17 @@ def tamper(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device)
         ).loss
         if not torch.isfinite(loss):
-            raise PeelError(f"tamper loss became {loss.item()} at step {step}; lower tamper.lr")
+            model.eval()
+            raise AttackDiverged(f"the attack's loss became {loss.item()} at step {step}", history)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer_.step()
+        scheduler.step()
+        optimizer_.zero_grad(set_to_none=True)
+        reason = should_stop() if should_stop is not None else None
+        if reason:
+            raise Preempted(f"stopped by {reason} during an attack, at step {step} (that attack is dropped)")
         if step % eval_every == 0 or step == steps:
             history.append({"step": step, **measure(model)})
             print(f"tamper step {step}: loss {loss.item():.4f} " + " ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "step"))
@@ -92,67 +147,53 @@ def tamper(
     return history
 
 
-def attack(name_or_path: str, tamper_settings: TamperConfig, evaluation: EvalConfig, dtype: str = "float32") -> list[dict]:
-    """Load `name_or_path` and its attack data, run `tamper`, and return the accuracy curve."""
+def attack(
+    model,
+    tokenizer,
+    settings: TamperConfig,
+    evaluation: EvalConfig,
+    initial: dict[str, float] | None = None,
+    should_stop: Callable[[], str | None] | None = None,
+) -> list[dict]:
+    """Read the attack's data, fine-tune `model` with `settings` and return the accuracy curve of settings.tasks."""
     from peel.data import load_texts, tokenize
     from peel.evaluation import evaluate
-    from peel.evaluation.harness import manager_for
-    from peel.models import load_model, load_model_config, load_tokenizer
 
-    if not tamper_settings.tasks:
-        raise PeelError("tamper.tasks is empty; accepted: a list of tasks such as [wmdp_bio_robust]")
-    # Everything that can be wrong with the inputs is found before the weights load.
-    manager_for(tamper_settings.tasks)
-    load_model_config(name_or_path)
-    tokenizer = load_tokenizer(name_or_path)
+    if not settings.tasks:
+        raise PeelError("tamper.tasks is empty; accepted: a list of tasks such as [wmdp_bio_robust, mmlu]")
     # A count the user gave must be there; the default (what the attack reads) takes what there is.
-    required = tamper_settings.num_examples is not None
-    texts = load_texts(tamper_settings.data, attack_examples(tamper_settings), tamper_settings.seed, required)
-    examples = tokenize(texts, tokenizer, tamper_settings.max_length)
-    model = load_model(name_or_path, dtype=dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    required = settings.num_examples is not None
+    texts = load_texts(settings.data, attack_examples(settings), settings.seed, required)
+    examples = tokenize(texts, tokenizer, settings.max_length)
 
     def measure(current) -> dict[str, float]:
-        results = evaluate(
-            current, tokenizer, tamper_settings.tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit
-        )
+        results = evaluate(current, tokenizer, settings.tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit)
         return results["accuracy"]
 
     return tamper(
         model,
         tokenizer,
         examples,
-        adapter=tamper_settings.adapter,
-        lr=tamper_settings.lr,
-        steps=tamper_settings.steps,
-        per_device_batch_size=tamper_settings.per_device_batch_size,
-        eval_every=tamper_settings.eval_every,
-        seed=tamper_settings.seed,
+        adapter=settings.adapter,
+        lora_rank=settings.lora_rank,
+        optimizer=settings.optimizer,
+        lr=settings.lr,
+        lr_scheduler=settings.lr_scheduler,
+        warmup=warmup_steps(settings.steps, settings.warmup_ratio, settings.warmup_steps),
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        steps=settings.steps,
+        per_device_batch_size=settings.per_device_batch_size,
+        eval_every=settings.eval_every,
+        seed=settings.seed,
         measure=measure,
+        initial=initial,
+        should_stop=should_stop,
     )
 
 
 def attack_examples(settings: TamperConfig) -> int:
-    """tamper.num_examples, or by default as many as the attack reads (each example once)."""
+    """tamper.num_examples, or by default as many as the attack reads (each example `epochs` times)."""
     if settings.num_examples is not None:
         return settings.num_examples
-    return max(settings.steps, 1) * settings.per_device_batch_size
-
-
-def write_curve(folder: str | Path, history: list[dict]) -> Path:
-    path = Path(folder) / TAMPER_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, history)  # whole or not at all, like every file a report reads
-    return path
-
-
-def read_curve(folder: str | Path) -> list[dict] | None:
-    """The folder's tamper.json, None when it has none, a PeelError when it is malformed."""
-    path = Path(folder) / TAMPER_FILE
-    if not path.is_file():
-        return None
-    history = read_json(path, "tamper.json as peel tamper writes it")
-    if not isinstance(history, list) or not all(isinstance(row, dict) and "step" in row for row in history):
-        raise PeelError(f"{path} must be a list of {{\"step\": .., \"<task>\": accuracy}} rows")
-    return history
+    return math.ceil(max(settings.steps, 1) * settings.per_device_batch_size / settings.epochs)

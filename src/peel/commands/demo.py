@@ -1,39 +1,65 @@
-"""peel demo --output-dir DIR: the whole pipeline on the built-in testbed, on a CPU, in minutes."""
+"""peel demo --output-dir DIR: the whole pipeline on a built-in scenario, on a CPU, in minutes."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from peel.errors import PeelError
 
-HELP = "Evaluate, unlearn, re-evaluate and attack the built-in testbed models; write a summary."
+HELP = "Evaluate, unlearn, re-evaluate and attack a built-in scenario's models; write a summary."
 DESCRIPTION = """\
-Run peel end to end on the built-in testbed (no GPU, no downloads):
+Run peel end to end on a built-in scenario (no GPU, no downloads once installed):
 
-  1. evaluate testbed:base and testbed:filtered on testbed_forget and testbed_retain;
-  2. unlearn testbed:base with the config (default configs/testbed_lora.yaml) through the engine;
+  1. evaluate the scenario's models (testbed: base and filtered; elements: base, SmolLM2-135M)
+     on its forget and retain tasks;
+  2. unlearn base with the config (default configs/SCENARIO_lora.yaml) through the engine;
   3. evaluate the unlearned model;
-  4. attack the unlearned and the filtered model (fine-tune on testbed:tamper, measure forget
-     accuracy every tamper.eval_every steps);
-  5. write DIR/summary.json, DIR/summary.md and DIR/tamper.png (the unlearning run is DIR/unlearn).
+  4. attack the unlearned model and any reference model (filtered) with the config's attack grid
+     (the testbed's: full and LoRA fine-tuning on testbed:tamper at two learning rates, a benign
+     attack on testbed:retain, 0- and 5-shot prompts; the elements': full fine-tuning on
+     elements:tamper), forget and retain accuracy every tamper.eval_every steps, and take the
+     worst case over the attacks;
+  5. write DIR/summary.json, DIR/summary.md and DIR/tamper.png (the unlearning run is DIR/unlearn,
+     which gets the unlearned model's attacks and tamper.json; a reference model's are in
+     DIR/NAME, e.g. DIR/filtered).
 
   peel demo --output-dir runs/demo
   peel demo --output-dir runs/demo_full --config configs/testbed_full.yaml
-  peel demo --output-dir runs/quick data.num_examples=64 tamper.steps=20   # key=value overrides
+  peel demo --scenario elements --output-dir runs/demo_elements
+  peel demo --output-dir runs/quick data.num_examples=64 tamper.steps=20 eval.limit=50   # key=value overrides
 """
 
 # The repository's configs folder (the demo is run from a clone, as the README says).
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "testbed_lora.yaml"
-# summary key -> lm-eval task
-TASKS = {"forget_acc": "testbed_forget", "retain_acc": "testbed_retain"}
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+@dataclass(frozen=True)
+class DemoScenario:
+    """What the demo runs for one scenario."""
+
+    config: Path  # default unlearning config
+    base: str  # the model unlearned
+    references: dict[str, str]  # models evaluated and attacked beside it (label -> name)
+    tasks: dict[str, str]  # summary key -> lm-eval task (forget first, then retain)
+
+
+SCENARIOS = {
+    "testbed": DemoScenario(CONFIGS / "testbed_lora.yaml", "testbed:base", {"filtered": "testbed:filtered"},
+                            {"forget_acc": "testbed_forget", "retain_acc": "testbed_retain"}),
+    # There is no SmolLM2 trained without the elements, so no reference model.
+    "elements": DemoScenario(CONFIGS / "elements_lora.yaml", "elements:base", {},
+                             {"forget_acc": "elements_forget", "retain_acc": "elements_retain"}),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="Folder for the summary, the plot and the unlearning run.")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Unlearning config (default: configs/testbed_lora.yaml).")
+    parser.add_argument("--scenario", default="testbed", choices=list(SCENARIOS), help="Built-in scenario (default: testbed).")
+    parser.add_argument("--config", help="Unlearning config (default: configs/SCENARIO_lora.yaml).")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted overrides applied to the config.")
 
 
@@ -42,69 +68,104 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.time()
     output = Path(args.output_dir)
-    if not Path(args.config).is_file():
-        raise PeelError(f"demo config {args.config!r} does not exist; pass --config with a testbed config such as configs/testbed_lora.yaml")
+    scenario = SCENARIOS[args.scenario]
+    tasks = scenario.tasks
+    config_path = args.config or str(scenario.config)
+    if not Path(config_path).is_file():
+        raise PeelError(f"demo config {config_path!r} does not exist; pass --config with a {args.scenario} config such as {scenario.config.name}")
     # The demo evaluates every model itself, the same way, so the engine's own evaluation is off.
-    config = load_config(args.config, [*args.overrides, f"output_dir={output / 'unlearn'}", "eval.tasks=[]"])
-    if not config.model.name_or_path.startswith("testbed:"):
-        raise PeelError(f"model.name_or_path={config.model.name_or_path!r}; the demo runs on the testbed (testbed:base)")
+    config = load_config(config_path, [*args.overrides, f"output_dir={output / 'unlearn'}", "eval.tasks=[]"])
+    if config.model.name_or_path != scenario.base:
+        raise PeelError(f"model.name_or_path={config.model.name_or_path!r}; the {args.scenario} demo unlearns {scenario.base}")
+    if config.tamper.tasks != list(tasks.values()):
+        raise PeelError(f"tamper.tasks={config.tamper.tasks}; the demo's summary reads {list(tasks.values())} (forget, then retain)")
     from peel.run_folder import check_writable
+    from peel.tamper_grid import grid_attacks
 
+    grid_attacks(config, [], args.overrides)  # the attack settings, checked before anything runs
     check_writable(output, "--output-dir")
     output.mkdir(parents=True, exist_ok=True)
     evaluation = config.eval
 
     from peel.engine import unlearn
     from peel.evaluation import write_evaluation
-    from peel.tamper import write_curve
+    from peel.plots import plot_tamper
 
     evaluations = {}
-    for name in ("base", "filtered"):
-        evaluations[name] = evaluate_model(f"testbed:{name}", evaluation.batch_size, evaluation.max_length)
-        print(f"{name}: {format_row(summary_row(evaluations[name]))}", flush=True)
+    for name, model_name in {"base": scenario.base, **scenario.references}.items():
+        evaluations[name] = evaluate_model(model_name, tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit)
+        print(f"{name}: {format_row(summary_row(evaluations[name], tasks))}", flush=True)
 
     run_folder = unlearn(config)
     unlearned_path = str(run_folder / "model")
-    evaluations["unlearned"] = evaluate_model(unlearned_path, evaluation.batch_size, evaluation.max_length)
-    print(f"unlearned: {format_row(summary_row(evaluations['unlearned']))}", flush=True)
-    models = {name: summary_row(results) for name, results in evaluations.items()}
+    evaluations["unlearned"] = evaluate_model(unlearned_path, tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit)
+    print(f"unlearned: {format_row(summary_row(evaluations['unlearned'], tasks))}", flush=True)
+    models = {name: summary_row(results, tasks) for name, results in evaluations.items()}
 
-    histories = {name: attack_history(path, config) for name, path in (("unlearned", unlearned_path), ("filtered", "testbed:filtered"))}
-    curves = {name: [{"step": row["step"], "forget_acc": row[TASKS["forget_acc"]]} for row in rows] for name, rows in histories.items()}
     # The unlearning run folder gets what `peel eval` and `peel tamper` would have written, so
-    # `peel report DIR/unlearn` shows its accuracies against the base model and its tamper curve.
-    write_evaluation(run_folder, unlearned_path, evaluations["unlearned"], baseline={"model": "testbed:base", **evaluations["base"]})
-    write_curve(run_folder, histories["unlearned"])
+    # `peel report DIR/unlearn` shows its accuracies against the base model and its attacks.
+    write_evaluation(run_folder, unlearned_path, evaluations["unlearned"], baseline={"model": scenario.base, **evaluations["base"]})
+    targets = {"unlearned": (unlearned_path, run_folder),
+               **{name: (model_name, output / name) for name, model_name in scenario.references.items()}}
+    documents = attack_models(targets, config, evaluations["base"]["accuracy"], args.overrides)
 
-    summary = {"models": models, "tamper": curves, "wall_seconds": round(time.time() - started, 1)}
+    summary = {"models": models, **attack_summary(documents, tasks), "wall_seconds": round(time.time() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (output / "summary.md").write_text(markdown(summary))
-    plot(curves, models["base"]["forget_acc"], output / "tamper.png")
+    plot_tamper(documents, output / "tamper.png")
     print((output / "summary.md").read_text())
     print(f"demo finished in {summary['wall_seconds']:.0f}s: {output}")
     return 0
 
 
-def evaluate_model(name_or_path: str, batch_size: int, max_length: int) -> dict:
+def evaluate_model(name_or_path: str, tasks: dict[str, str], batch_size: int, max_length: int, limit: int | None) -> dict:
     from peel.evaluation import evaluate
     from peel.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(name_or_path, dtype="float32")
-    return evaluate(model, tokenizer, list(TASKS.values()), batch_size=batch_size, max_length=max_length)
+    return evaluate(model, tokenizer, list(tasks.values()), batch_size=batch_size, max_length=max_length, limit=limit)
 
 
-def summary_row(results: dict) -> dict[str, float]:
-    return {key: results["accuracy"][task] for key, task in TASKS.items()}
+def summary_row(results: dict, tasks: dict[str, str]) -> dict[str, float]:
+    return {key: results["accuracy"][task] for key, task in tasks.items()}
 
 
-def attack_history(name_or_path: str, config) -> list[dict]:
-    """The tamper attack's accuracy rows ({"step", "testbed_forget"}), whatever tasks the config's tamper section names."""
-    import dataclasses
+def attack_models(targets: dict[str, tuple[str, Path]], config, baseline: dict[str, float], overrides: list[str] = ()) -> dict[str, dict]:
+    """The attack part of a demo: each target (name -> (model path or scenario name, folder for its
+    attacks)) attacked with the config's tamper grid, measured against `baseline` ({task:
+    accuracy} of the original model). `overrides`, the command line's, may not set what the grid
+    sets. Returns name -> its tamper.json document."""
+    from peel import tamper_grid
+    from peel.evaluation.targets import Target
+    from peel.run_folder import check_writable
 
-    from peel.tamper import attack
+    attacks = tamper_grid.grid_attacks(config, [], overrides)
+    source = {"given": baseline, "tasks": list(config.tamper.tasks)}
+    plans = [tamper_grid.TargetPlan(Target(model, None, config), check_writable(folder, f"the {name} attacks' folder"), attacks, source)
+             for name, (model, folder) in targets.items()]
+    documents = tamper_grid.run_locally(plans)
+    return {name: documents[plan.folder] for name, plan in zip(targets, plans)}
 
-    settings = dataclasses.replace(config.tamper, tasks=[TASKS["forget_acc"]])
-    return attack(name_or_path, settings, config.eval, dtype="float32")
+
+def attack_summary(documents: dict[str, dict], tasks: dict[str, str]) -> dict:
+    """summary.json's attack fields, tasks renamed by `tasks` (summary key -> lm-eval task):
+    "tamper": each model's worst case over its attacks as rows {"step", <forget key>},
+    "attacks": each model's attacks {"name", "kind", "curve": rows {"step", <key>: accuracy}[, "error"]},
+    "resistance": each model's worst case in one line (tamper.json's summary of the forget task)."""
+    renamed = {task: key for key, task in tasks.items()}
+    forget_key = next(iter(tasks))
+    forget = tasks[forget_key]
+
+    def rows(curve: list[dict], keys: set[str]) -> list[dict]:
+        return [{"step": row["step"], **{renamed[t]: v for t, v in row.items() if renamed.get(t) in keys}} for row in curve]
+
+    return {
+        "tamper": {name: rows(record["worst_case"], {forget_key}) for name, record in documents.items()},
+        "attacks": {name: [{"name": attack["name"], "kind": attack["kind"], "curve": rows(attack["curve"], set(tasks)),
+                            **({"error": attack["error"]} if "error" in attack else {})}
+                           for attack in record["attacks"]] for name, record in documents.items()},
+        "resistance": {name: record["summary"].get(forget) for name, record in documents.items()},
+    }
 
 
 def format_row(row: dict[str, float]) -> str:
@@ -115,19 +176,30 @@ def markdown(summary: dict) -> str:
     lines = ["| model | forget accuracy | retain accuracy |", "|---|---|---|"]
     for name, row in summary["models"].items():
         lines.append(f"| {name} | {row['forget_acc']:.3f} | {row['retain_acc']:.3f} |")
+    budget = max(row["step"] for rows in summary["tamper"].values() for row in rows)
+    lines += ["", f"Tamper resistance (forget accuracy; worst case over each model's attacks within {budget} steps):", "",
+              "| model | step 0 | worst | worst attack (step) | 50% back | 90% back | retain there |", "|---|---|---|---|---|---|---|"]
+    for name, entry in summary["resistance"].items():
+        recovery = entry["steps_to_recover"] or {}
+        back = [f"step {recovery[s]}" if recovery.get(s) is not None else "never" for s in ("50", "90")]
+        retain = "-" if entry["retain_at_worst"] is None else f"{entry['retain_at_worst']:.3f}"
+        lines.append(f"| {name} | {entry['step0']:.3f} | {entry['worst']:.3f} | {entry['worst_attack']} ({entry['worst_step']}) | "
+                     f"{' | '.join(back)} | {retain} |")
     curves = summary["tamper"]
-    steps = [row["step"] for row in next(iter(curves.values()))]
-    lines += ["", "Tamper attack (forget accuracy vs attack step):", "",
+    steps = sorted({row["step"] for rows in curves.values() for row in rows})
+    lines += ["", "Worst case (forget accuracy vs attack step):", "",
               "| step | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
-    for index, step in enumerate(steps):
-        lines.append(f"| {step} | " + " | ".join(f"{rows[index]['forget_acc']:.3f}" for rows in curves.values()) + " |")
+    for step in steps:
+        found = [next((f"{row['forget_acc']:.3f}" for row in rows if row["step"] == step), "-") for rows in curves.values()]
+        lines.append(f"| {step} | " + " | ".join(found) + " |")
+    lines += ["", "Each attack at its last step (forget / retain accuracy):", "",
+              "| attack | " + " | ".join(summary["attacks"]) + " |", "|---" * (len(summary["attacks"]) + 1) + "|"]
+    names = list(dict.fromkeys(attack["name"] for attacks in summary["attacks"].values() for attack in attacks))
+    for attack_name in names:
+        cells = []
+        for attacks in summary["attacks"].values():
+            last = next((attack["curve"][-1] for attack in attacks if attack["name"] == attack_name), None)
+            cells.append("-" if last is None else f"{last.get('forget_acc', float('nan')):.3f} / {last.get('retain_acc', float('nan')):.3f}")
+        lines.append(f"| {attack_name} | " + " | ".join(cells) + " |")
     lines += ["", f"Chance is 0.25. Wall time: {summary['wall_seconds']:.0f} s.", ""]
     return "\n".join(lines)
-
-
-def plot(curves: dict[str, list[dict]], base_forget: float, path: Path) -> None:
-    from peel.plots import plot_tamper
-
-    task = TASKS["forget_acc"]
-    renamed = {name: [{"step": row["step"], task: row["forget_acc"]} for row in rows] for name, rows in curves.items()}
-    plot_tamper(renamed, path, baseline={task: base_forget})

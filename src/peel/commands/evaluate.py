@@ -8,11 +8,12 @@ from peel.errors import PeelError
 
 HELP = "Evaluate a model with lm-eval-harness (0-shot multiple choice) and write eval.json."
 DESCRIPTION = """\
-Evaluate TARGET (a run folder, whose model/ is used; a model folder; or a hub id) on lm-eval tasks,
+Evaluate TARGET (a run folder, whose model/ is used; a model folder; a .gguf file or a folder with
+model.gguf_file=NAME; smollm2-135m; testbed:base / elements:base; or a hub id) on lm-eval tasks,
 0-shot, in process, and write eval.json with one accuracy per task and group.
 
 peel's own tasks: wmdp_bio_robust (six WMDP-Bio-Robust subsets, weighted by size),
-testbed_forget, testbed_retain; any lm-eval task name works too (e.g. mmlu).
+testbed_forget, testbed_retain, elements_forget, elements_retain; any lm-eval task name works too (e.g. mmlu).
 
 Settings come from the run's config.yaml (for a run folder) or the defaults, then key=value
 overrides: eval.batch_size, eval.max_length, eval.limit, eval.tasks.
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from peel.evaluation import cached_baseline, evaluate_with, load_baseline, write_evaluation
     from peel.evaluation.targets import load_target_model, output_folder, resolve_target
+    from peel.models import model_location
 
     overrides = list(args.overrides)
     if args.tasks:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate_folder(target.model)
     baseline = None
     if target.run_folder is not None:
-        original = target.config.model.name_or_path
+        original = model_location(target.config.model.name_or_path, target.config.model.gguf_file)
         cache_arguments = (original, settings.tasks, settings.limit, settings.max_length)
         revision = target.config.model.revision
         if args.baseline:

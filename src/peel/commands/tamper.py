@@ -1,4 +1,4 @@
-"""`peel tamper TARGET`: the fine-tuning attack, its accuracy curve (tamper.json) and plot (tamper.png)."""
+"""`peel tamper TARGET...`: a grid of attacks on each target -> tamper.json (worst case, recovery) and tamper.png."""
 
 from __future__ import annotations
 
@@ -6,74 +6,180 @@ import argparse
 import re
 from pathlib import Path
 
-HELP = "Fine-tune a model on forget-domain text and track forget accuracy (the tampering attack)."
+from peel.errors import PeelError
+
+HELP = "Attack models with a grid of fine-tuning and few-shot attacks; report the worst case and its recovery."
 DESCRIPTION = """\
-Fine-tune TARGET (a run folder, a model folder, a hub id or testbed:NAME) with a causal-LM loss on
-tamper.data and evaluate tamper.tasks at step 0 and every tamper.eval_every steps. Writes
-tamper.json ([{"step": .., "<task>": accuracy}, ...]) and tamper.png (accuracy vs step with the
-baseline and chance as lines) into the run folder or --output-dir.
+Attack each TARGET (a run folder, a model folder, a hub id or testbed:NAME) with every attack of
+a grid and report the worst case: at each evaluated step, each task's highest accuracy over the
+attacks. Attacks:
+  - few-shot prompts: tamper.few_shot (default [0, 5]) examples before each forget question
+    (lm-eval num_fewshot); 0 shots is the model as it is, also step 0 of every fine-tuning attack;
+  - fine-tuning: one attack per grid point, on tamper.data (forget-domain text; retain or general
+    text makes it a benign attack), evaluating tamper.tasks at step 0 and every tamper.eval_every
+    steps. The grid: --grid tamper.KEY=V1,V2 (repeatable; every combination), else tamper.grid (a
+    list of attacks; default: the seed group's standard sweep of seven, warmup as a share of
+    tamper.steps); tamper.grid=[] is one attack with the section's settings.
 
---compare overlays other targets: a folder that already holds tamper.json is read; any other
-target is attacked with the same settings first (results under OUTPUT/compare/NAME/).
+tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]).
 
-Keys (key=value): tamper.data.path, tamper.adapter (full|lora), tamper.lr, tamper.steps,
-tamper.per_device_batch_size, tamper.num_examples, tamper.max_length, tamper.tasks,
-tamper.eval_every, tamper.seed; evaluation uses eval.batch_size, eval.max_length, eval.limit.
-With track.to (the run's own, or given here), each curve also goes to the trackers as
-tamper/NAME/TASK, in the run's tracked runs when it has them.
+Writes into the run folder or --output-dir (with several targets, --output-dir/<name> each):
+  attacks/NAME.json  one finished attack (a rerun does not run it again; other settings under the
+                     same name are refused unless --force), attacks/grid.json the plan;
+  tamper.json        {"attacks": [{"name", "kind", "settings", "curve": [{"step", TASK: acc}]}],
+                     "worst_case": [{"step", TASK: max over attacks}], "summary": {FORGET_TASK:
+                     {"step0", "worst", "worst_step", "worst_attack", "retain_at_worst",
+                     "steps_to_recover": {"50": step, "90": step}}}, "baseline", "pending"};
+                     steps_to_recover: first step at which the worst case regained that share of
+                     (baseline - step 0), null if never;
+  tamper.png         a panel per task: each attack a thin line, the worst case bold, baseline and
+                     chance; several targets or --compare side by side (in --output-dir, else the
+                     first target's folder).
 
-example:
-  peel tamper runs/lora_l2 tamper.steps=100 --compare EleutherAI/deep-ignorance-e2e-strong-filter
+The baseline (0-shot accuracy of the original model) is --baseline MODEL (evaluated once, then
+from the eval cache), else a run folder's eval.json baseline or the cached evaluation of the
+model it unlearned. All targets use the settings of the first run folder among them (or the
+defaults) with the key=value overrides; an override of a key the grid sets is refused.
+
+--compare OTHER: a folder holding tamper.json is read; any other target is attacked alike, under
+<figure folder>/compare/<name>/.
+
+--slurm KEY=VALUE (the keys of peel sweep: partition, time, account, gpus_per_node, ...): one
+job per attack through submitit instead of running here; each job writes its attack and
+tamper.json. Run the same command again to submit what is missing; once nothing is left it
+draws the figure. Locally, SIGTERM / SIGUSR1 stop the grid at the next step (exit 75; the
+unfinished attack is dropped); run the same command again to continue.
+
+examples:
+  peel tamper runs/lora_l2 --compare EleutherAI/deep-ignorance-e2e-strong-filter
+  peel tamper runs/a runs/b --output-dir tamper/ab --grid tamper.lr=2e-5,2e-4 --grid tamper.adapter=full,lora
+  peel tamper testbed:filtered --output-dir out/filtered --baseline testbed:base \\
+      tamper.data.path=testbed:tamper tamper.tasks=[testbed_forget,testbed_retain] tamper.grid=[]
+  peel tamper runs/lora_l2 --slurm partition=gpu --slurm time=04:00:00
+
+Attack keys (tamper.key = default (range)), overridable as key=value; evaluation uses
+eval.batch_size, eval.max_length, eval.limit:
 """
+# `key=value` words are overrides unless they name an existing path (a sweep's run folders have '=' in their names).
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="Run folder, model folder, hub id or testbed:NAME.")
-    parser.add_argument("--output-dir", help="Where tamper.json and tamper.png go (default: the run folder).")
-    parser.add_argument(
-        "--compare", action="append", default=[], metavar="OTHER", help="Another target to overlay on the plot (repeatable)."
-    )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. tamper.lr=1e-4.")
+    from peel.config import TamperConfig, help_lines
+
+    parser.description = DESCRIPTION + "\n".join(help_lines(TamperConfig(), prefix="tamper."))
+    parser.add_argument("targets", nargs="+", metavar="TARGET", action=TargetsAndOverrides,
+                        help="Run folders, model folders, hub ids or testbed:NAME; then key=value overrides.")
+    parser.add_argument("--output-dir", help="Where the results go (default: the run folder; several targets: DIR/<name>).")
+    parser.add_argument("--grid", action="append", default=[], metavar="tamper.KEY=V1,V2",
+                        help="An attack setting and its values; repeat for more keys (every combination is an attack).")
+    parser.add_argument("--baseline", metavar="MODEL", help="The original model, for recovery (evaluated once, then cached).")
+    parser.add_argument("--compare", action="append", default=[], metavar="OTHER",
+                        help="Another model beside the targets in tamper.png (its tamper.json, or attacked alike).")
+    parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                        help="Submit one Slurm job per attack with this setting (as peel sweep); repeatable.")
+    parser.add_argument("--force", action="store_true", help="Attack again where a folder holds attacks with other settings.")
+    parser.set_defaults(overrides=[])
+
+
+class TargetsAndOverrides(argparse.Action):
+    """TARGET words and key=value words share the positional list: split them as they are parsed."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.targets = [word for word in values if not is_override(word)]
+        namespace.overrides = [*namespace.overrides, *(word for word in values if is_override(word))]
 
 
 def run(args: argparse.Namespace) -> int:
-    from peel import tracking
-    from peel.config import to_dict
-    from peel.evaluation import load_baseline, read_evaluation
-    from peel.evaluation.targets import output_folder, resolve_target
-    from peel.plots import plot_tamper
-    from peel.tamper import attack, read_curve, write_curve
+    from peel import sweep, tamper_grid, tracking
+    from peel.tamper_results import read_tamper
 
-    target = resolve_target(args.target, list(args.overrides))
-    config = target.config
+    targets, overrides = args.targets, list(args.overrides)
+    if not targets:
+        raise PeelError("give at least one TARGET (a run folder, a model folder, a hub id or testbed:NAME)")
+    slurm = slurm_parameters(args.slurm) if args.slurm else None  # a bad --slurm word is found first
+    read_only = [other for other in args.compare if Path(other).is_dir() and (Path(other) / "tamper.json").is_file()]
+    plans = tamper_grid.plan(targets, overrides, args.grid, args.output_dir, args.baseline,
+                             compared=[other for other in args.compare if other not in read_only])
+    compared = {tamper_grid.label(other): read_tamper(other) for other in read_only}
+    config = plans[0].target.config
     tracking.check(config.track.to)
-    folder = output_folder(target, args.output_dir, "tamper")
+    tamper_grid.check_attack_data(plans[0].attacks)  # the corpora last: they may take a moment to load
+    source = plans[0].baseline
 
-    def attack_target(name: str) -> list[dict]:
-        return attack(name, config.tamper, config.eval, dtype=config.train.dtype)
-
-    curves = {label(args.target): attack_target(target.model)}
-    print(f"wrote {write_curve(folder, curves[label(args.target)])}")
-    for other in args.compare:
-        history = read_curve(other) if Path(other).is_dir() else None
-        if history is None:
-            history = attack_target(resolve_target(other, list(args.overrides)).model)
-            write_curve(folder / "compare" / label(other), history)
-        curves[label(other)] = history
-    tracking.log_curves(config.track, to_dict(config), folder, curves)  # into the run's tracked runs, when it has them
-
-    baseline = None
-    evaluation = read_evaluation(target.run_folder) if target.run_folder is not None else None
-    if evaluation is not None and evaluation.get("baseline"):
-        baseline = evaluation["baseline"]["accuracy"]
-    elif target.run_folder is not None:
-        cached = load_baseline(config.model.name_or_path, config.tamper.tasks, config.eval.limit, config.eval.max_length)
-        baseline = cached["accuracy"] if cached else None
-    print(f"wrote {plot_tamper(curves, folder / 'tamper.png', baseline)}")
+    if args.slurm:
+        executor = sweep.make_executor(plans[0].attacks_folder / "jobs", slurm)
+        jobs = tamper_grid.submit(plans, executor, args.force)
+        if args.baseline and not has_all(tamper_grid.find_baseline(source), source["tasks"]):
+            executor.update_parameters(name="peel-tamper-baseline")
+            job = executor.submit(tamper_grid.BaselineJob(source, config, [plan.folder for plan in plans]))
+            print(f"baseline {args.baseline}: submitted as job {job.job_id}")
+            jobs.append(job)
+        if jobs:
+            print(f"{len(jobs)} jobs submitted; run the same command again once they finished to draw tamper.png")
+            return 0
+        documents = {plan.folder: tamper_grid.collect(plan.folder) for plan in plans}
+    else:
+        if args.baseline:
+            tamper_grid.evaluate_baseline(source, config)
+        documents = tamper_grid.run_locally(plans, args.force)
+    for plan in plans:
+        print_summary(plan.folder, documents[plan.folder])
+        track(plan, documents[plan.folder])
+    draw(plans, documents, compared, args.output_dir)
     return 0
 
 
-def label(target: str) -> str:
-    """A short, file-safe name for a target: the run folder's name or the hub id's last part."""
-    name = Path(target.rstrip("/")).name or target
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+def track(plan, document: dict) -> None:
+    """Each attack's curve and the worst case to the trackers (track.to), into the run's tracked
+    runs when the target is a run folder that has them."""
+    from peel import tracking
+    from peel.config import to_dict
+
+    config = plan.target.config
+    if config.track.to:
+        curves = {attack["name"]: attack["curve"] for attack in document["attacks"]}
+        tracking.log_curves(config.track, to_dict(config), plan.folder, {**curves, "worst_case": document["worst_case"]})
+
+
+def is_override(word: str) -> bool:
+    return bool(OVERRIDE.match(word)) and not Path(word).exists()
+
+
+def has_all(baseline: dict | None, tasks: list[str]) -> bool:
+    return baseline is not None and all(task in baseline for task in tasks)
+
+
+def slurm_parameters(items: list[str]) -> dict:
+    from peel import sweep
+
+    parameters = sweep.slurm_parameters(items)
+    if parameters.get("nodes", 1) != 1:
+        raise PeelError(f"--slurm nodes={parameters['nodes']}: an attack runs in one process; accepted: nodes=1")
+    return parameters
+
+
+def draw(plans, documents: dict, compared: dict, output_dir: str | None) -> None:
+    """tamper.png in each target's folder, and the models side by side where there are several."""
+    from peel.plots import plot_tamper
+    from peel.tamper_grid import figure_folder, label
+
+    named = {label(plan.target.model if plan.target.run_folder is None else str(plan.target.run_folder)): documents[plan.folder]
+             for plan in plans}
+    for plan, name in zip(plans, named):
+        print(f"wrote {plot_tamper({name: documents[plan.folder]}, plan.folder / 'tamper.png')}")
+    if len(named) + len(compared) > 1:  # replaces the first target's own figure when that is where it goes
+        home = figure_folder([plan.folder for plan in plans], output_dir)
+        print(f"wrote {plot_tamper({**named, **compared}, home / 'tamper.png')}")
+
+
+def print_summary(folder: Path, document: dict) -> None:
+    for task, entry in document["summary"].items():
+        recovery = entry["steps_to_recover"]
+        recovered = "no baseline" if recovery is None else ", ".join(
+            f"{share}% back at step {step}" if step is not None else f"{share}% never" for share, step in recovery.items())
+        retain = "" if entry["retain_at_worst"] is None else f"; {document['retain_task']} there {entry['retain_at_worst']:.4f}"
+        print(f"{folder}: {task}: step 0 {entry['step0']:.4f}, worst {entry['worst']:.4f} "
+              f"({entry['worst_attack']}, step {entry['worst_step']}); {recovered}{retain}")
+    if document["pending"]:
+        print(f"{folder}: not finished yet: {', '.join(document['pending'])}")

@@ -22,7 +22,9 @@ RECORD_FORMAT = 2
 
 def cache_directory() -> Path:
     """`$PEEL_CACHE/baselines`, or `~/.cache/peel/baselines`."""
-    return Path(os.environ.get("PEEL_CACHE", "~/.cache/peel")).expanduser() / "baselines"
+    from peel.models import cache_root
+
+    return cache_root() / "baselines"
 
 
 def model_identity(name_or_path: str, revision: str | None) -> dict:

@@ -1,4 +1,4 @@
-"""Run lm-eval-harness in process on an in-memory model, 0-shot, with peel's task YAMLs.
+"""Run lm-eval-harness in process on an in-memory model, 0-shot or few-shot, with peel's task YAMLs.
 
 The model is wrapped in lm-eval's `HFLM` as it is (no save and reload), so `peel unlearn` can
 evaluate after each phase and `peel tamper` during the attack without touching the disk.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from importlib import metadata
 from pathlib import Path
 
 from peel.errors import PeelError, first_line
@@ -48,11 +47,19 @@ def manager_for(tasks: list[str]):
     return manager
 
 
-def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: int, limit: int | None = None) -> dict | None:
-    """Accuracy of `model` on each task and group, 0-shot.
+def evaluate(
+    model, tokenizer, tasks: list[str], batch_size: int, max_length: int, limit: int | None = None, num_fewshot: int = 0
+) -> dict | None:
+    """Accuracy of `model` on each task and group, with `num_fewshot` answered examples before each question.
+
+    peel's task YAMLs name the split their examples come from (`fewshot_split`): without one,
+    lm-eval draws them from the test split without leaving out the question being asked. Their
+    YAMLs also leave num_fewshot unset, since lm-eval ignores the argument for a task whose YAML
+    says 0.
 
     Returns {"tasks", "accuracy": {requested name: acc}, "details": {every task and group:
-    {"accuracy", "stderr", "samples"[, "subtasks"]}}, "limit", "num_fewshot", "lm_eval_version"}.
+    {"accuracy", "metric", "stderr", "samples"[, "correct_prob", "subtasks"]}}, "correct_prob",
+    "limit", "num_fewshot", "lm_eval_version"} (evaluation/summary.py).
     """
     if not tasks:
         raise PeelError("no evaluation tasks given; accepted: a list such as [wmdp_bio_robust, mmlu]")
@@ -76,9 +83,12 @@ def evaluate(model, tokenizer, tasks: list[str], batch_size: int, max_length: in
                 tasks=list(tasks),
                 task_manager=manager,
                 limit=limit,
+                num_fewshot=num_fewshot,
                 log_samples=True,  # each choice's log-likelihood: correct_prob is computed from them
-                # Leave the caller's random state alone: 0-shot multiple choice draws no random
-                # numbers, and re-seeding here would change a run that evaluates between phases.
+                # Leave the caller's random state alone: multiple choice draws no random numbers
+                # (few-shot examples come from lm-eval's own generator, seeded by its
+                # fewshot_random_seed), and re-seeding here would change a run that evaluates
+                # between phases.
                 random_seed=None,
                 numpy_random_seed=None,
                 torch_random_seed=None,

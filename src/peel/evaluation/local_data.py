@@ -41,18 +41,26 @@ def read_multiple_choice(path: str | Path) -> list[dict]:
     return rows
 
 
-def load_multiple_choice(path: str | Path):
-    """A `DatasetDict` with one `test` split, the form lm-eval's `custom_dataset` returns."""
+def load_multiple_choice(path: str | Path, fewshot_path: str | Path | None = None):
+    """A `DatasetDict` with a `test` split (and a `fewshot` split when given), the form lm-eval's
+    `custom_dataset` returns."""
     import datasets
 
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(read_multiple_choice(path))})
+    splits = {"test": path} if fewshot_path is None else {"test": path, "fewshot": fewshot_path}
+    return datasets.DatasetDict({name: datasets.Dataset.from_list(read_multiple_choice(file)) for name, file in splits.items()})
 
 
-def load_testbed_multiple_choice(task: str):
-    """The question set behind testbed task `task`, as listed in `peel.testbed.MC_FILES`."""
-    from peel import testbed
+def load_scenario_multiple_choice(task: str):
+    """The question set behind scenario task `task` (testbed_forget, elements_retain, ...), with
+    its own few-shot examples (a `fewshot` split) where the scenario names some."""
+    from peel import scenarios
 
-    path = Path(testbed.MC_FILES[task])
-    if not path.is_file():
-        raise PeelError(f"testbed question set {str(path)!r} is missing; build it with `peel testbed build`")
-    return load_multiple_choice(path)
+    paths = [scenarios.question_file(task)]
+    fewshot = scenarios.fewshot_file(task)
+    if fewshot is not None:
+        paths.append(fewshot)
+    scenario = task.partition("_")[0]
+    for path in paths:
+        if not path.is_file():
+            raise PeelError(f"{scenario} question set {str(path)!r} is missing; build it with `peel {scenario} build`")
+    return load_multiple_choice(*paths)

@@ -53,7 +53,7 @@ def correct_probabilities(samples: dict[str, list], subtasks: dict[str, list]) -
     return {name: sum(values) / len(values) for name in names if (values := documents(name))}
 
 
-def summarize(output: dict, tasks: list[str], limit: int | None, num_fewshot: int = 0) -> dict:
+def summarize(output: dict, tasks: list[str], limit: int | None) -> dict:
     """{"tasks", "accuracy": {task: headline}, "correct_prob": {task: p}, "details": {every task and
     group: {"accuracy", "metric", "stderr", "samples"[, "correct_prob", "subtasks"]}}, "limit",
     "num_fewshot", "lm_eval_version"}."""
@@ -92,7 +92,8 @@ def summarize(output: dict, tasks: list[str], limit: int | None, num_fewshot: in
         "correct_prob": {name: details[name]["correct_prob"] for name in tasks if "correct_prob" in details[name]},
         "details": details,
         "limit": limit,
-        "num_fewshot": num_fewshot,
+        # What lm-eval used, not what was asked: a task config that fixes its own count shows here.
+        "num_fewshot": max((shots for name, shots in output.get("n-shot", {}).items() if name in details), default=0),
         "lm_eval_version": metadata.version("lm_eval"),
     }
 

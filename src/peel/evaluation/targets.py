@@ -1,12 +1,16 @@
-"""What `peel eval` and `peel tamper` accept as TARGET: a run folder, a model folder or a hub id."""
+"""What `peel eval` and `peel tamper` accept as TARGET: a run folder, a model folder, a .gguf file
+(or a folder with model.gguf_file=NAME), a named model (smollm2-135m, testbed:base) or a hub id."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from peel.config import Config, load_config
 from peel.errors import PeelError
+from peel.models import model_location
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,50 @@ def resolve_target(target: str, overrides: list[str]) -> Target:
         if not (model_folder / "config.json").is_file():
             raise PeelError(f"run folder {target!r} has no model/ (the run did not finish; see its run.json)")
         return Target(str(model_folder), path, load_config(path / "config.yaml", overrides))
+    config = load_config(None, overrides)
+    if config.model.gguf_file is not None:  # TARGET is the folder holding the GGUF file
+        return Target(model_location(target, config.model.gguf_file), None, config)
     if path.is_dir() and not (path / "config.json").is_file():
-        raise PeelError(f"{target!r} is neither a run folder (config.yaml + model/) nor a model folder (config.json)")
-    return Target(target, None, load_config(None, overrides))
+        raise PeelError(
+            f"{target!r} is neither a run folder (config.yaml + model/) nor a model folder (config.json); "
+            "for a folder of GGUF files add model.gguf_file=NAME.gguf"
+        )
+    return Target(target, None, config)
+
+
+def resolve_targets(names: list[str], overrides: list[str]) -> list[Target]:
+    """Several targets treated alike: each takes the config of the first run folder among them
+    (its eval and tamper settings), or the defaults, with the overrides. A hub id or model folder
+    does not take that run's model revision, which belongs to the run's own model."""
+    resolved = [resolve_target(name, overrides) for name in names]
+    shared = next((target.config for target in resolved if target.run_folder is not None), None)
+    if shared is None:
+        return resolved
+    unpinned = dataclasses.replace(shared, model=dataclasses.replace(shared.model, revision=None))
+    return [Target(target.model, target.run_folder, shared if target.run_folder is not None else unpinned)
+            for target in resolved]
+
+
+def label(name: str) -> str:
+    """A short, file-safe name for a target: the run folder's name or the hub id's last part."""
+    short = Path(name.rstrip("/")).name or name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", short)
+
+
+def output_folders(targets: list[Target], names: list[str], output_dir: str | None, command: str) -> list[Path]:
+    """One folder per target, each checked writable: with one target as `output_folder`; with
+    several, OUTPUT/<label> under --output-dir, or each run folder itself."""
+    if len(targets) == 1:
+        return [output_folder(targets[0], output_dir, command)]
+    labels = [label(name) for name in names]
+    if len(set(labels)) < len(labels):
+        raise PeelError(f"targets {names} share a name ({labels}); accepted: targets whose last path parts differ")
+    if output_dir is None:
+        return [output_folder(target, None, command) for target in targets]
+    from peel.run_folder import check_writable
+
+    root = check_writable(output_dir, "--output-dir")
+    return [root / name for name in labels]
 
 
 def output_folder(target: Target, output_dir: str | None, command: str) -> Path:
@@ -40,8 +85,8 @@ def output_folder(target: Target, output_dir: str | None, command: str) -> Path:
     raise PeelError(f"peel {command} on a model folder or hub id needs --output-dir (only run folders have a home)")
 
 
-def load_target_model(target: Target):
-    """Model and tokenizer on the GPU when there is one, in the run's training dtype."""
+def load_target_model(target: Target, dtype: str | None = None):
+    """Model and tokenizer on the GPU when there is one, in `dtype` or the run's training dtype."""
     import torch
 
     from peel.models import load_model_and_tokenizer
@@ -49,7 +94,7 @@ def load_target_model(target: Target):
     settings = target.config.model
     model, tokenizer = load_model_and_tokenizer(
         target.model,
-        dtype=target.config.train.dtype,
+        dtype=dtype or target.config.train.dtype,
         attn_implementation=settings.attn_implementation,
         revision=settings.revision if target.run_folder is None else None,
         trust_remote_code=settings.trust_remote_code,

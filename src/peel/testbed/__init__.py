@@ -1,17 +1,15 @@
 """The built-in testbed: a small fictional world and two tiny GPT-NeoX models trained on it.
 
 `testbed:NAME` strings resolve to the artifacts shipped in `artifacts/` (built by
-`peel testbed build`). This module stays import-light: no torch until something is built.
+`peel testbed build`) through `peel.scenarios`, which reads the tables below. This module stays
+import-light: no torch until something is built.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from peel.errors import PeelError
-
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-PREFIX = "testbed:"
 
 # testbed name -> path inside the artifacts folder
 NAMES = {
@@ -28,16 +26,8 @@ MC_FILES = {
     "testbed_forget": str(ARTIFACTS / "forget_mc.jsonl"),
     "testbed_retain": str(ARTIFACTS / "retain_mc.jsonl"),
 }
-
-
-def is_testbed(name: str) -> bool:
-    return isinstance(name, str) and name.startswith(PREFIX)
-
-
-def resolve(name: str) -> str:
-    """Absolute path of the shipped artifact `testbed:NAME`."""
-    key = name[len(PREFIX):] if is_testbed(name) else None
-    if key not in NAMES:
-        accepted = ", ".join(PREFIX + known for known in NAMES)
-        raise PeelError(f"unknown testbed name {name!r}; accepted: {accepted}")
-    return str(ARTIFACTS / NAMES[key])
+# lm-eval task name -> questions its few-shot examples come from (the task's `fewshot` split):
+# part B of the forget domain, what the attacker's text is about, never an evaluated fact.
+FEWSHOT_FILES = {
+    "testbed_forget": str(ARTIFACTS / "tamper_mc.jsonl"),
+}

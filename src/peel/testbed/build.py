@@ -42,7 +42,8 @@ def build_testbed(output_dir: str | Path, seed: int = 0, steps: int = Schedule.s
     tokenizer = train_tokenizer(forget + tamper + retain, VOCAB_SIZE)
     tokenizer.save_pretrained(output / "tokenizer")
     count_tokens = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
-    for name, part, question_seed in (("forget", "A", seed + 4), ("retain", "retain", seed + 5)):
+    # tamper_mc: questions about part B, only ever few-shot examples for testbed_forget.
+    for name, part, question_seed in (("forget", "A", seed + 4), ("retain", "retain", seed + 5), ("tamper", "B", seed + 6)):
         items = world.cloze_items(entities, part, question_seed)
         write_jsonl(output / f"{name}_mc.jsonl", questions.multiple_choice(items, count_tokens, question_seed))
 

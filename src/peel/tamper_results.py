@@ -1,0 +1,160 @@
+"""tamper.json: the attacks on one model, their worst case and how fast it recovers.
+
+    {"target": what was attacked, "tasks": [...], "retain_task": name or null,
+     "baseline": {task: accuracy} or null, "pending": [attacks not finished yet],
+     "attacks": [{"name", "kind": "fine_tune" | "few_shot", "settings": {...},
+                  "curve": [{"step", TASK: accuracy, ...}], ["error": why it stopped early]}],
+     "worst_case": [{"step", TASK: max over the attacks evaluated at that step}],
+     "summary": {FORGET_TASK: {"step0", "worst", "worst_step", "worst_attack", "retain_at_worst",
+                               "steps_to_recover": {"50": step or null, "90": step or null} or null}}}
+
+The tracked tasks are the forget task(s) first and, with two or more, the retain task last. A
+few-shot attack's curve is its one evaluation, at step 0. Pure functions on plain data (no torch),
+so `peel report` reads results anywhere. The first peel releases wrote a bare curve (a list of
+rows); `read_tamper` turns one into a document with a single attack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peel.errors import PeelError
+from peel.run_folder import read_json, write_json
+
+TAMPER_FILE = "tamper.json"
+ATTACKS_FOLDER = "attacks"  # beside tamper.json: one file per finished attack (tamper_grid.py)
+FINE_TUNE, FEW_SHOT = "fine_tune", "few_shot"
+# Shares of the lost accuracy (baseline - step 0) whose recovery is reported, in percent.
+RECOVERY_SHARES = (50, 90)
+# Comparisons of accuracies computed different ways (a difference of sums) must not hinge on rounding.
+TOLERANCE = 1e-9
+
+
+def split_tasks(tasks: list[str]) -> tuple[list[str], str | None]:
+    """(forget tasks, retain task): with two or more tasks the last one is the retain task."""
+    if len(tasks) >= 2:
+        return list(tasks[:-1]), tasks[-1]
+    return list(tasks), None
+
+
+def worst_case(curves: list[list[dict]]) -> list[dict]:
+    """At every evaluated step, each task's maximum over the curves that evaluated it there."""
+    envelope: dict[int, dict] = {}
+    for curve in curves:
+        for row in curve:
+            point = envelope.setdefault(row["step"], {"step": row["step"]})
+            for task, accuracy in row.items():
+                if task != "step":
+                    point[task] = max(point.get(task, accuracy), accuracy)
+    return [envelope[step] for step in sorted(envelope)]
+
+
+def step_zero(attacks: list[dict], task: str) -> float | None:
+    """The untouched model's accuracy: step 0 of the attacks that put no examples in the prompt
+    (fine-tuning attacks have not trained yet at step 0; a 0-shot prompt is no attack)."""
+    unprompted = [attack for attack in attacks if attack.get("kind", FINE_TUNE) == FINE_TUNE
+                  or attack.get("settings", {}).get("few_shot") == 0]
+    values = [row[task] for attack in (unprompted or attacks) for row in attack["curve"] if row["step"] == 0 and task in row]
+    return min(values) if values else None
+
+
+def steps_to_recover(worst: list[dict], task: str, start: float, baseline: float) -> dict[str, int | None]:
+    """For each share s in RECOVERY_SHARES: the first evaluated step at which the worst case has
+    regained s% of what was lost (baseline - start); None when it never does."""
+    found = {}
+    for share in RECOVERY_SHARES:
+        target = start + share / 100 * (baseline - start)
+        found[str(share)] = next((row["step"] for row in worst if task in row and row[task] >= target - TOLERANCE), None)
+    return found
+
+
+def strongest(attacks: list[dict], task: str) -> tuple[float, int, str] | None:
+    """(accuracy, step, attack name) of the highest accuracy any attack reached; ties go to the
+    earliest step, then to the attack listed first."""
+    best = None
+    for attack in attacks:
+        for row in attack["curve"]:
+            if task in row and (best is None or row[task] > best[0] + TOLERANCE
+                                or (abs(row[task] - best[0]) <= TOLERANCE and row["step"] < best[1])):
+                best = (row[task], row["step"], attack["name"])
+    return best
+
+
+def summarize(attacks: list[dict], tasks: list[str], baseline: dict[str, float] | None) -> dict:
+    """The summary of each forget task: step 0, the worst case, which attack reached it (and when),
+    the retain task's accuracy in that attack at that step, and the steps to recover."""
+    forget_tasks, retain_task = split_tasks(tasks)
+    worst = worst_case([attack["curve"] for attack in attacks])
+    by_name = {attack["name"]: attack for attack in attacks}
+    summary = {}
+    for task in forget_tasks:
+        found, start = strongest(attacks, task), step_zero(attacks, task)
+        if found is None or start is None:
+            continue
+        accuracy, step, name = found
+        retain = next((row.get(retain_task) for row in by_name[name]["curve"] if row["step"] == step), None)
+        recovery = None
+        if baseline and task in baseline:
+            recovery = steps_to_recover(worst, task, start, baseline[task])
+        summary[task] = {"step0": start, "worst": accuracy, "worst_step": step, "worst_attack": name,
+                         "retain_at_worst": retain, "steps_to_recover": recovery}
+    return summary
+
+
+def document(target: str, tasks: list[str], attacks: list[dict], baseline: dict[str, float] | None,
+             pending: list[str] = ()) -> dict:
+    """tamper.json for `attacks` (finished ones, in grid order)."""
+    return {
+        "target": target,
+        "tasks": list(tasks),
+        "retain_task": split_tasks(tasks)[1],
+        "baseline": baseline,
+        "pending": list(pending),
+        "attacks": attacks,
+        "worst_case": worst_case([attack["curve"] for attack in attacks]),
+        "summary": summarize(attacks, tasks, baseline),
+    }
+
+
+def with_baseline(record: dict, baseline: dict[str, float] | None) -> dict:
+    """`record` re-summarised against `baseline` when it has none of its own (a report that knows
+    the run's baseline from eval.json, reading a tamper.json written without one)."""
+    if record.get("baseline") or not baseline:
+        return record
+    return document(record["target"], record["tasks"], record["attacks"], baseline, record.get("pending", []))
+
+
+def write_tamper(folder: str | Path, record: dict) -> Path:
+    path = Path(folder) / TAMPER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)  # whole or not at all, like every file a report reads
+    return path
+
+
+def read_tamper(folder: str | Path) -> dict | None:
+    """The folder's tamper.json as a document (a bare curve of the first releases becomes one
+    attack named "attack"); None when there is none, a PeelError when it is malformed."""
+    path = Path(folder) / TAMPER_FILE
+    if not path.is_file():
+        return None
+    accepted = 'tamper.json as peel tamper writes it: {"attacks": [{"name", "curve": [{"step", TASK: accuracy}]}], ...}'
+    value = read_json(path, accepted)
+    if isinstance(value, list) and is_curve(value):
+        tasks = list(dict.fromkeys(key for row in value for key in row if key != "step"))
+        attack = {"name": "attack", "kind": FINE_TUNE, "settings": {}, "curve": value}
+        return document(str(Path(folder)), tasks, [attack], None)
+    attacks = value.get("attacks") if isinstance(value, dict) else None
+    if not isinstance(attacks, list) or not all(
+        isinstance(attack, dict) and isinstance(attack.get("name"), str) and is_curve(attack.get("curve")) for attack in attacks
+    ):
+        raise PeelError(f"{path} is not a tamper record; accepted: {accepted}")
+    tasks = value.get("tasks") or list(dict.fromkeys(key for a in attacks for row in a["curve"] for key in row if key != "step"))
+    baseline = value.get("baseline") if isinstance(value.get("baseline"), dict) else None
+    return document(str(value.get("target", folder)), tasks, attacks, baseline, value.get("pending") or [])
+
+
+def is_curve(rows) -> bool:
+    return isinstance(rows, list) and all(
+        isinstance(row, dict) and isinstance(row.get("step"), int)
+        and all(isinstance(v, (int, float)) for k, v in row.items() if k != "step") for row in rows
+    )
