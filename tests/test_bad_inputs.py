@@ -261,8 +261,8 @@ def test_default_tamper_examples_fit_the_shipped_corpus(tmp_path, capsys):
     """`peel tamper testbed:base tamper.data.path=testbed:tamper` once failed: 512 examples asked
     of a 300-text corpus. The default now reads what the attack uses, taking what there is."""
     status = main(["tamper", "testbed:base", "--output-dir", str(tmp_path), "tamper.data.path=testbed:tamper",
-                   "tamper.tasks=[testbed_forget]", "tamper.steps=40", "tamper.per_device_batch_size=8",
-                   "tamper.max_length=32", "tamper.eval_every=40", "eval.limit=8"])
+                   "tamper.tasks=[testbed_forget]", "tamper.grid=[]", "tamper.few_shot=[0]", "tamper.steps=10", "tamper.per_device_batch_size=32",
+                   "tamper.max_length=16", "tamper.eval_every=10", "eval.limit=8"])
     output = capsys.readouterr()
     assert status == 0, output.err
     assert "holds 300 usable texts in column 'text'; using all of them (320 wanted)" in output.out
