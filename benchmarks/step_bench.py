@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stepbench package beside this file
 from stepbench import hardware, memory  # noqa: E402
-from stepbench.report import markdown, targets_met  # noqa: E402
+from stepbench.report import markdown, targets_met, write  # noqa: E402
 from stepbench.sweep import original_weights_memory, sweep_target_layer  # noqa: E402
 from stepbench.timing import Clock, count_gflops, interleave  # noqa: E402
 from stepbench.variants import PROBE_LOSSES, VARIANTS, build_variant  # noqa: E402
@@ -189,9 +189,7 @@ def main(argv=None) -> dict | None:
 
     print(markdown(result))
     print(json.dumps({"targets_met": result["targets_met"], "wall_s": result["wall_s"]}))
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1) + "\n")
+    write(result, args.output)
     return result
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 # preset -> the targets its result is held to: (mode, where the value is in the mode's row, at most / at least, bound).
 TARGETS = {
     # Issue 5, headline shape (Pythia-160M, 2 x 256 tokens, random_ce, L2 on all layers).
@@ -44,3 +47,10 @@ def markdown(result: dict) -> str:
         lines += ["", "| target layer | step ms | forget ms | retain ms |", "|---|---|---|---|"]
         lines += [f"| {r['layer']} | {r['step_ms']:.0f} | {r['forget_ms']:.0f} | {r['retain_ms']:.0f} |" for r in result["target_layer_sweep"]["rows"]]
     return "\n".join(lines)
+
+
+def write(result: dict, output: Path | None) -> None:
+    """The result as indented JSON at `output` (its folder made first), when one was asked for."""
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=1) + "\n")
