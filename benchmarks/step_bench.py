@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -41,14 +42,20 @@ PRESETS = {
     "headline": dict(model="pythia-160m", batch_size=2, seq_len=256, warmup=1, steps=10, sweep_steps=3, sweep_points=4),
     "quick": dict(model="small", batch_size=2, seq_len=64, warmup=1, steps=3, sweep_steps=2, sweep_points=3),
     # Issue 13's long sequences: 2 x 2048 forget and retain tokens, max_entropy_kl, L2 on all layers, LoRA.
+    # Peel as a long-sequence run would set it: selective activation checkpointing (its peak without
+    # that is measured as well).
     "long": dict(model="pythia-160m", batch_size=2, seq_len=2048, warmup=1, steps=4, sweep_steps=0, sweep_points=0,
-                 modes=["lora"], forget_loss="max_entropy_kl", retain_layers="all"),
+                 modes=["lora"], forget_loss="max_entropy_kl", retain_layers="all", gradient_checkpointing="selective"),
     # Issue 13's GPU shapes: Pythia-1B, bf16, 16 x 512 and the seed's per-device 4 x 512 tokens.
     "gpu-batch16": dict(model="pythia-1b", batch_size=16, seq_len=512, warmup=2, steps=10, sweep_steps=3, sweep_points=4,
                         device="cuda", dtype="bfloat16", threads=4),
     "gpu-batch4": dict(model="pythia-1b", batch_size=4, seq_len=512, warmup=2, steps=20, sweep_steps=0, sweep_points=0,
                        device="cuda", dtype="bfloat16", threads=4),
 }
+
+
+# --gradient-checkpointing -> peel's train.gradient_checkpointing value.
+CHECKPOINTING = {"false": False, "true": True, "selective": "selective"}
 
 
 def time_mode(base_model, mode: str, settings: Settings) -> dict:
@@ -102,9 +109,20 @@ def time_mode(base_model, mode: str, settings: Settings) -> dict:
     }
 
 
+def measure_memory(mode: str, settings: Settings) -> dict[str, dict]:
+    """Each variant's peak; with activation checkpointing asked of peel, also peel's peak without it."""
+    measured = memory.measure(__file__, mode, VARIANTS, settings)
+    if settings.gradient_checkpointing is not False:
+        plain = dataclasses.replace(settings, gradient_checkpointing=False)
+        measured["peel_without_checkpointing"] = memory.measure(__file__, mode, ["peel"], plain)["peel"]
+    return measured
+
+
 def memory_row(measured: dict[str, dict]) -> dict:
-    row = {f"{name}_peak_mb": measured[name]["peak_mb"] for name in VARIANTS}
-    row["memory_vs_reference"] = round(measured["peel"]["peak_mb"] / measured["reference"]["peak_mb"], 3)
+    row = {f"{name}_peak_mb": values["peak_mb"] for name, values in measured.items()}
+    for name in measured.keys() - {"reference", "floor"}:
+        suffix = name.removeprefix("peel")
+        row[f"memory{suffix}_vs_reference"] = round(measured[name]["peak_mb"] / measured["reference"]["peak_mb"], 3)
     row["memory_detail"] = measured
     return row
 
@@ -129,6 +147,8 @@ def parse_settings(argv=None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--dtype", choices=sorted(DTYPES))
     parser.add_argument("--loss-chunk-tokens", type=int, help="peel's train.loss_chunk_tokens (default 1024)")
     parser.add_argument("--compile", action="store_true", help="peel with train.compile")
+    parser.add_argument("--gradient-checkpointing", choices=sorted(CHECKPOINTING),
+                        help="peel's train.gradient_checkpointing (default false; the long preset selective)")
     parser.add_argument("--memory-jobs", type=int, help="memory processes at once on CPU (default 1)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory processes")
     parser.add_argument("--output", type=Path, help="write the results JSON here")
@@ -146,6 +166,7 @@ def parse_settings(argv=None) -> tuple[Settings, argparse.Namespace]:
                 "forget_loss", "threads", "device", "dtype", "loss_chunk_tokens", "memory_jobs"):
         options[key] = getattr(args, key)
     options["compile"] = args.compile or None
+    options["gradient_checkpointing"] = CHECKPOINTING.get(args.gradient_checkpointing)
     settings = Settings(**(chosen | {key: value for key, value in options.items() if value is not None}))
     unknown = set(settings.modes) - set(MODES)
     if unknown:
@@ -169,7 +190,7 @@ def main(argv=None) -> dict | None:
           f"{settings.batch_size} x {settings.seq_len} tokens, target layer {settings.layer}, retain layers {settings.retain_layers}",
           flush=True)
     # Memory first, one worker at a time, while this process holds no model of its own.
-    measured = {} if args.no_memory else {mode: memory.measure(__file__, mode, VARIANTS, settings) for mode in settings.modes}
+    measured = {} if args.no_memory else {mode: measure_memory(mode, settings) for mode in settings.modes}
     base_model = build_model(settings)
     result["num_parameters"] = sum(parameter.numel() for parameter in base_model.parameters())
     for mode in settings.modes:

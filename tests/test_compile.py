@@ -2,7 +2,7 @@
 
 The same run, eager and compiled, on CPU with torch's inductor: every logged loss and norm and
 the final weights agree to float rounding (compiled kernels sum in another order), with chunked
-losses on as well.
+losses on as well, and selective activation checkpointing inside the compiled layers.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ SETTINGS = ["data.num_examples=16", "data.max_length=16", "train.global_batch_si
             "train.loss_chunk_tokens=16"]
 
 
-@pytest.mark.parametrize("adapter", ["lora", "full"])
-def test_compiled_layers_give_the_eager_run(tiny_models, corpora, tmp_path, adapter):
+# Full fine-tuning also with selective activation checkpointing: the checkpoint inside the compiled layer.
+@pytest.mark.parametrize("adapter, checkpointing", [("lora", "false"), ("full", "selective")])
+def test_compiled_layers_give_the_eager_run(tiny_models, corpora, tmp_path, adapter, checkpointing):
     import torch._dynamo
 
     common = [f"model.name_or_path={tiny_models['gpt_neox']}", f"data.forget.path={corpora['forget']}",
-              f"data.retain.path={corpora['retain']}", *SETTINGS, f"unlearn.adapter={adapter}"]
+              f"data.retain.path={corpora['retain']}", *SETTINGS, f"unlearn.adapter={adapter}",
+              f"train.gradient_checkpointing={checkpointing}"]
     eager = unlearn(load_config(None, [*common, f"output_dir={tmp_path / 'eager'}"]))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

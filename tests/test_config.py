@@ -27,7 +27,7 @@ def test_yaml_and_overrides(tmp_path):
         ("train.seed=1.5", "'train.seed' got 1.5; accepted: an integer"),
         ("unlearn.adapter=qlora", "'unlearn.adapter' got 'qlora'; accepted: lora, full"),
         ("unlearn.retain_layers=some", "accepted: list of int or all | target"),
-        ("train.gradient_checkpointing=maybe", "accepted: true or false"),
+        ("train.gradient_checkpointing=maybe", "accepted: true | false or selective"),
         ("no_equals_sign", "dotted.key=value"),
     ],
 )

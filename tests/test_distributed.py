@@ -91,9 +91,10 @@ def test_lora_with_ddp_matches_one_process(tiny_models, corpora, tmp_path, on_cp
 
 def test_lora_with_fsdp2_matches_one_process(tiny_models, corpora, tmp_path, on_cpu):
     """LoRA sharded (train.parallel=fsdp, as auto chooses for a model larger than one device), with
-    L2-SP on the adapters' deltas and chunked losses: the run of one process, adapter included."""
+    L2-SP on the adapters' deltas, chunked losses and selective activation checkpointing inside the
+    sharded layers: the run of one process, adapter included."""
     one, two = run_both_ways(tiny_models["gpt_neox"], corpora, tmp_path, "unlearn.adapter=lora", "train.parallel=fsdp",
-                             "unlearn.l2sp_coef=0.1", "train.loss_chunk_tokens=16")
+                             "unlearn.l2sp_coef=0.1", "train.loss_chunk_tokens=16", "train.gradient_checkpointing=selective")
     assert_same_run(one, two)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["parallel"] == "fsdp"
     ranks = [json.loads((tmp_path / name / "run.json").read_text())["update_rank"] for name in ("one", "two")]

@@ -4,7 +4,7 @@ and returns a `step(forget, retain)`: one optimizer step, returning [forget loss
 - peel       the engine's own code: `weights.LoraWeights` / `FullWeights` set up as a run does,
              `gradients.compute_gradients` (probe, retain passes, gradient filter) with one
              process's `parallel.Local`, then clipping and the AdamW update as `engine.run_phase`
-             does, with the settings' `loss_chunk_tokens` and `compile`;
+             does, with the settings' `loss_chunk_tokens`, `gradient_checkpointing` and `compile`;
 - reference  the step as the research code computes it: a deep copy of the whole model is the
              original; the forget batch runs through every current layer (logits included), then
              through the copy's layers L+1.. and head; the retain reference comes from the copy;
@@ -21,7 +21,7 @@ import copy
 
 import torch
 
-from peel import losses, parallel
+from peel import losses, parallel, recompute
 from peel.config import LoraOptions, UnlearnConfig
 from peel.gradients import compute_gradients, read
 from peel.losses import l2_distance
@@ -50,6 +50,7 @@ def peel_weights(model, mode: str, settings: Settings):
         for layer in settings.schedule:  # a run's last phase holds every target's originals: the most
             weights.begin_phase(layer)
         weights.begin_phase(settings.layer)
+    recompute.apply(weights.model, weights.anatomy, settings.gradient_checkpointing)
     if settings.compile:
         compile_layers(weights.anatomy)
     return weights

@@ -47,6 +47,7 @@ class Settings:
     max_grad_norm: float = 1.0
     loss_chunk_tokens: int = 1024  # peel's train.loss_chunk_tokens
     compile: bool = False  # peel's train.compile
+    gradient_checkpointing: bool | str = False  # peel's train.gradient_checkpointing: false, true or "selective"
     memory_steps: int = 2  # the second step is the first whose peak includes the optimizer state
     memory_jobs: int = 1  # memory workers at once (CPU); one at a time leaves each the machine's memory
     seed: int = 0
@@ -82,7 +83,9 @@ def build_model(settings: Settings) -> torch.nn.Module:
 
 
 def make_batch(settings: Settings, seed: int, with_targets: bool) -> Batch:
-    """Random token ids; the last example ends in padding so masks are exercised."""
+    """Random token ids; the last example ends in padding so masks are exercised. Right padding, as
+    the engine's corpora make it (so marked: peel's passes run without the attention mask; the
+    reference and the floor give the model the mask, as plain PyTorch code does)."""
     generator = torch.Generator().manual_seed(seed)
     vocab = MODEL_SHAPES[settings.model]["vocab_size"]
     shape = (settings.batch_size, settings.seq_len)
@@ -92,7 +95,7 @@ def make_batch(settings: Settings, seed: int, with_targets: bool) -> Batch:
     attention_mask[-1, settings.seq_len - padding :] = 0
     input_ids[attention_mask == 0] = 0
     targets = torch.randint(vocab, shape, generator=generator).to(settings.device) if with_targets else None
-    return Batch(input_ids.to(settings.device), attention_mask.to(settings.device), targets)
+    return Batch(input_ids.to(settings.device), attention_mask.to(settings.device), targets, right_padded=True)
 
 
 def batches(settings: Settings) -> tuple[Batch, Batch]:

@@ -83,4 +83,4 @@ class Corpus:
         attention_mask = (torch.arange(width, device=self.device) < self.device_lengths[rows, None]).long()
         loss_mask = None if self.masks is None else self.masks[rows, :width]
         targets = None if random_targets is None else random_targets(rows, width)
-        return Batch(input_ids, attention_mask, targets, loss_mask)
+        return Batch(input_ids, attention_mask, targets, loss_mask, right_padded=True)

@@ -201,7 +201,12 @@ class TrainConfig:
     )
     epochs_per_layer: int = option(1, "Passes over the examples in each phase.", AT_LEAST_ONE)
     dtype: Literal["bfloat16", "float32"] = option("bfloat16", "Weight and compute dtype.")
-    gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
+    gradient_checkpointing: bool | Literal["selective"] = option(
+        False,
+        "Recompute activations in backward to save memory: true = whole layers (one more forward pass of compute), "
+        "selective = keep the matrix products' and attention's outputs and remake the cheap rest (norms, activations, "
+        "rotary embeddings, adapter products) from them.",
+    )
     loss_chunk_tokens: int = option(
         1024,
         "Tokens per chunk of the forget, KL and NLL losses: logits are made from the final hidden states a chunk at a "
@@ -550,6 +555,8 @@ def describe(hint: Any) -> str:
         return "mapping"
     if hint is type(None):
         return "null"
+    if hint is bool:
+        return "true | false"
     return getattr(hint, "__name__", str(hint))
 
 

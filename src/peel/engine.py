@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from peel import checkpoint, distributed, parallel, preemption, resume, run_folder, tracking
+from peel import checkpoint, distributed, parallel, preemption, recompute, resume, run_folder, tracking
 from peel.config import Config, save_config, to_dict
 from peel.batches import Corpus, RandomTargets, example_order, process_share
 from peel.errors import Preempted, RunFailed, first_line
 from peel.gradients import compute_gradients, read
-from peel.models import compile_layers, enable_activation_checkpointing, load_model, model_location, save_model
+from peel.models import compile_layers, load_model, model_location, save_model
 from peel.optimizers import make_optimizer
 from peel.parallel import full_tensor
 from peel.planning import Plan, prepare
@@ -87,8 +87,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     engine = parallel.choose(config.train.parallel, config.unlearn.adapter, model, device)
     torch.manual_seed(config.train.seed)  # adapter initialisation
     weights = WEIGHTS[config.unlearn.adapter](model if engine == "fsdp" else model.to(device), config.unlearn.lora)
-    if config.train.gradient_checkpointing:
-        enable_activation_checkpointing(weights.model)
+    recompute.apply(weights.model, weights.anatomy, config.train.gradient_checkpointing)
     if config.train.compile:
         compile_layers(weights.anatomy)
     parallelism = parallel.ENGINES[engine](weights)

@@ -384,7 +384,7 @@ def layer_capture(anatomy: Anatomy) -> LayerCapture:
 
 
 def hidden_states(
-    anatomy: Anatomy, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
+    anatomy: Anatomy, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layers: list[int]
 ) -> dict[int, torch.Tensor]:
     """Outputs of the given decoder layers, stopping after the deepest one."""
     with layer_capture(anatomy).capturing(layers) as captured, truncated(anatomy, max(layers) + 1):
@@ -392,10 +392,10 @@ def hidden_states(
         return {index: captured[index] for index in layers}
 
 
-def logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def final_hidden_states(anatomy: Anatomy, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def final_hidden_states(anatomy: Anatomy, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """The decoder's output after the final norm: what the causal LM's head turns into logits."""
     return anatomy.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

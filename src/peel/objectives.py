@@ -24,11 +24,24 @@ class Batch:
     attention_mask: torch.Tensor
     random_targets: torch.Tensor | None = None  # uniformly random token ids for the random_ce forget loss
     loss_mask: torch.Tensor | None = None  # tokens the forget loss counts (keyword masks); None = every real token
+    right_padded: bool = False  # every example's padding comes after its tokens (batches.Corpus makes them so)
 
     @property
     def counted(self) -> torch.Tensor:
         """1 where a token counts in the loss: a real token, inside the keyword mask when there is one."""
         return self.attention_mask if self.loss_mask is None else self.attention_mask * self.loss_mask
+
+    @property
+    def model_mask(self) -> torch.Tensor | None:
+        """The attention mask the model's forward is given: none for a right-padded batch.
+
+        Under causal attention a real token attends only to the tokens before it, never to the
+        padding after the example, so without a mask every real position's output is the same;
+        padded positions differ, and no loss counts them. Without a mask, SDPA takes its causal
+        path, which skips the masked half of the scores and keeps no per-layer float copy of a
+        [batch, 1, tokens, tokens] mask for backward (384 MB per pass at 2 x 2048 tokens, 12 layers).
+        """
+        return None if self.right_padded else self.attention_mask
 
 
 def model_outputs(weights, batch: Batch, chunk_tokens: int) -> Outputs:
@@ -38,8 +51,8 @@ def model_outputs(weights, batch: Batch, chunk_tokens: int) -> Outputs:
     head = weights.anatomy.output_head
     width = None if head is None else chunk_width(*batch.input_ids.shape, chunk_tokens)
     if width is None:
-        return Outputs(logits(weights.model, batch.input_ids, batch.attention_mask))
-    return Outputs(final_hidden_states(weights.anatomy, batch.input_ids, batch.attention_mask), head, width)
+        return Outputs(logits(weights.model, batch.input_ids, batch.model_mask))
+    return Outputs(final_hidden_states(weights.anatomy, batch.input_ids, batch.model_mask), head, width)
 
 
 def _backward(per_example: torch.Tensor, scale: float) -> None:
@@ -115,8 +128,8 @@ def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float, ch
 def l2_retain_backward(weights, batch: Batch, layers: list[int], scale: float, chunk_tokens: int = 0) -> torch.Tensor:
     """Hidden-state distance to the original at `layers`; both passes stop at the deepest of them."""
     with torch.no_grad(), weights.original_from(0):
-        reference = hidden_states(weights.anatomy, batch.input_ids, batch.attention_mask, layers)
-    current = hidden_states(weights.anatomy, batch.input_ids, batch.attention_mask, layers)
+        reference = hidden_states(weights.anatomy, batch.input_ids, batch.model_mask, layers)
+    current = hidden_states(weights.anatomy, batch.input_ids, batch.model_mask, layers)
     per_example = losses.l2_distance(current, reference, batch.attention_mask)
     _backward(per_example, scale)
     return per_example.detach()
