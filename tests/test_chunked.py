@@ -28,8 +28,9 @@ FORGET_CASES = {
 }
 
 
-def lora_weights(path) -> LoraWeights:
-    model, _ = load_model_and_tokenizer(str(path), attn_implementation="eager")
+def lora_weights(path, attn_implementation: str = "eager") -> LoraWeights:
+    model, _ = load_model_and_tokenizer(str(path), attn_implementation=attn_implementation)
+    assert model.config._attn_implementation == attn_implementation
     torch.manual_seed(0)
     weights = LoraWeights(model, LoraOptions(rank=4, alpha=8))
     for name, parameter in weights.model.named_parameters():
@@ -38,8 +39,9 @@ def lora_weights(path) -> LoraWeights:
     return weights
 
 
-def full_weights(path) -> FullWeights:
-    model, _ = load_model_and_tokenizer(str(path), attn_implementation="eager")
+def full_weights(path, attn_implementation: str = "eager") -> FullWeights:
+    model, _ = load_model_and_tokenizer(str(path), attn_implementation=attn_implementation)
+    assert model.config._attn_implementation == attn_implementation
     weights = FullWeights(model)
     weights.begin_phase(1)
     with torch.no_grad():

@@ -10,12 +10,9 @@ import torch
 from torch.utils.checkpoint import CheckpointPolicy
 
 from peel import recompute
-from peel.config import LoraOptions, UnlearnConfig
-from peel.models import load_model_and_tokenizer
-from peel.objectives import RETAIN_OBJECTIVES, forget_backward
-from peel.weights import FullWeights, LoraWeights
 
-from test_chunked import assert_same, forget_batch, losses_and_gradients
+from test_chunked import assert_same, forget_batch, full_weights, lora_weights, losses_and_gradients
+from test_right_padding import OBJECTIVES
 
 
 @pytest.fixture(autouse=True)
@@ -24,25 +21,10 @@ def tiny_short_contraction(monkeypatch):
     this bound the first are kept and the second remade, as at real sizes (hidden 768+, rank 8-128)."""
     monkeypatch.setattr(recompute, "SHORT_CONTRACTION", 8)
 
-OBJECTIVES = {
-    "forget max_entropy_kl": lambda weights, batch: forget_backward(weights, batch, 1, UnlearnConfig(forget_loss="max_entropy_kl"), 1.0, 8),
-    "forget npo": lambda weights, batch: forget_backward(weights, batch, 1, UnlearnConfig(forget_loss="npo"), 1.0, 8),
-    "retain l2": lambda weights, batch: RETAIN_OBJECTIVES["l2"](weights, batch, [0, 2], 1.0),
-    "retain kl": lambda weights, batch: RETAIN_OBJECTIVES["kl"](weights, batch, [0, 2], 1.0, 8),
-}
-
 
 def changed_weights(path, adapter: str, selective: bool):
-    model, _ = load_model_and_tokenizer(str(path))
-    torch.manual_seed(0)
-    if adapter == "lora":
-        weights = LoraWeights(model, LoraOptions(rank=4, alpha=8))
-    else:
-        weights = FullWeights(model)
-        weights.begin_phase(1)
-    with torch.no_grad():  # a current model that differs from the original
-        for parameter in weights.trainable_parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.1)
+    """Weights whose current model differs from the original (test_chunked's), with SDPA."""
+    weights = (lora_weights if adapter == "lora" else full_weights)(path, "sdpa")
     if selective:
         recompute.apply(weights.model, weights.anatomy, "selective")
     return weights

@@ -13,24 +13,11 @@ import pytest
 import torch
 
 from peel.batches import Corpus
-from peel.config import LoraOptions, UnlearnConfig
-from peel.models import load_model_and_tokenizer
+from peel.config import UnlearnConfig
 from peel.objectives import RETAIN_OBJECTIVES, forget_backward
-from peel.weights import LoraWeights
 
 from test_batches import corpus_examples
-from test_chunked import FORGET_CASES, assert_same, forget_batch, losses_and_gradients
-
-
-def changed_lora_weights(path, attn_implementation: str) -> LoraWeights:
-    model, _ = load_model_and_tokenizer(str(path), attn_implementation=attn_implementation)
-    assert model.config._attn_implementation == attn_implementation
-    torch.manual_seed(0)
-    weights = LoraWeights(model, LoraOptions(rank=4, alpha=8))
-    for name, parameter in weights.model.named_parameters():
-        if "lora_B" in name:  # adapters that change the model, so current and original differ
-            parameter.data.normal_(std=0.3)
-    return weights
+from test_chunked import FORGET_CASES, assert_same, forget_batch, lora_weights, losses_and_gradients
 
 
 def objectives():
@@ -47,7 +34,7 @@ OBJECTIVES = dict(objectives())
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("architecture", ["gpt_neox", "llama", "qwen2"])
 def test_right_padded_batches_give_the_masked_losses_and_gradients(tiny_models, architecture, attn_implementation):
-    weights = changed_lora_weights(tiny_models[architecture], attn_implementation)
+    weights = lora_weights(tiny_models[architecture], attn_implementation)
     masked = forget_batch(weights.model.config.vocab_size)
     assert masked.model_mask is masked.attention_mask
     unmasked = dataclasses.replace(masked, right_padded=True)
@@ -61,7 +48,7 @@ def test_right_padded_batches_give_the_masked_losses_and_gradients(tiny_models, 
 
 def test_the_mask_matters_where_padding_comes_first(tiny_models):
     """The check above can fail: left padding is seen by the real tokens after it."""
-    weights = changed_lora_weights(tiny_models["llama"], "sdpa")
+    weights = lora_weights(tiny_models["llama"], "sdpa")
     batch = forget_batch(weights.model.config.vocab_size)
     left = dataclasses.replace(batch, input_ids=batch.input_ids.flip(1), attention_mask=batch.attention_mask.flip(1),
                                random_targets=batch.random_targets.flip(1), loss_mask=batch.loss_mask.flip(1))

@@ -213,17 +213,6 @@ def save_model(model: nn.Module, tokenizer, folder: str | Path, state_dict: dict
     tokenizer.save_pretrained(folder)
 
 
-def enable_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each layer's activations in backward. Non-reentrant, so a pass whose inputs need
-    no gradient (frozen embeddings) still gets gradients for the layers' own parameters."""
-    inner = causal_lm(model)
-    options = {"use_reentrant": False}
-    if hasattr(inner, "activation_checkpointing_enable"):  # the name since transformers 5.2x
-        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
-    else:
-        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-
-
 def compile_layers(anatomy: Anatomy) -> None:
     """Regional compilation: each decoder layer's forward goes through torch.compile, the rest stays
     eager. Layers of one model share their code, so one compiled graph serves all of them (a few:

@@ -22,7 +22,7 @@ import functools
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from peel.models import Anatomy, enable_activation_checkpointing
+from peel.models import Anatomy, causal_lm
 
 aten = torch.ops.aten
 MATRIX_PRODUCTS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
@@ -73,9 +73,21 @@ def _checkpointed(forward, context, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, context_fn=context, **kwargs)
 
 
+def checkpoint_whole_layers(model: torch.nn.Module) -> None:
+    """transformers' own: each layer's input kept, the layer recomputed in backward. Non-reentrant,
+    so a pass whose inputs need no gradient (frozen embeddings) still gets gradients for the
+    layers' own parameters."""
+    inner = causal_lm(model)
+    options = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
 # `train.gradient_checkpointing` -> what is done to (the model, its anatomy); false: nothing.
 ACTIVATION_CHECKPOINTING = {
-    True: lambda model, anatomy: enable_activation_checkpointing(model),
+    True: lambda model, anatomy: checkpoint_whole_layers(model),
     "selective": lambda model, anatomy: checkpoint_selectively(anatomy),
 }
 
