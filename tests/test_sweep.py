@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from peel import sweep
+from peel import jobs, sweep
 from peel.cli import main
 from peel.errors import PeelError
 
@@ -54,14 +54,14 @@ def test_bad_grids_are_one_line_errors(tmp_path, grid, message):
 
 
 def test_slurm_settings():
-    parameters = sweep.slurm_parameters(["partition=gpu", "gpus_per_node=4", "time=1-02:30:00", "account=lab", "nodes=2"])
+    parameters = jobs.slurm_parameters(["partition=gpu", "gpus_per_node=4", "time=1-02:30:00", "account=lab", "nodes=2"])
     assert parameters == {"nodes": 2, "gpus_per_node": 4, "timeout_min": 1590, "slurm_partition": "gpu",
                           "slurm_account": "lab", "cpus_per_task": 16}
-    assert sweep.slurm_parameters([])["timeout_min"] == 240
+    assert jobs.slurm_parameters([])["timeout_min"] == 240
     with pytest.raises(PeelError, match="accepted keys are nodes, gpus_per_node"):
-        sweep.slurm_parameters(["gpus=4"])
+        jobs.slurm_parameters(["gpus=4"])
     with pytest.raises(PeelError, match="not a valid time"):
-        sweep.slurm_parameters(["time=soon"])
+        jobs.slurm_parameters(["time=soon"])
     command = sweep.torchrun_command("/runs/a/config.yaml", 4, 2, "node17", "4242")
     assert command[-4:] == ["-m", "peel", "unlearn", "/runs/a/config.yaml"]
     assert "--nproc_per_node=4" in command and "--nnodes=2" in command and "--rdzv_endpoint=node17:29642" in command

@@ -9,7 +9,7 @@ import torch
 from peel.config import TamperConfig
 from peel.data import collate, tokenize
 from peel.errors import PeelError, Preempted
-from peel.tamper import AttackDiverged, attack_examples, make_scheduler, tamper, warmup_steps
+from peel.attacks.fine_tune import AttackDiverged, attack_examples, make_scheduler, tamper, warmup_steps
 from tiny_lm import TEXTS, tiny_model, tiny_tokenizer
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from peel import tamper_grid, testbed
+from peel import testbed
+from peel.attacks import plan, running
 from peel.cli import main
 from peel.config import load_config
 from tiny_lm import TEXTS, save_tiny_model
@@ -38,7 +39,7 @@ def world(tmp_path, monkeypatch):
 
 
 def test_the_default_grid_is_the_seed_sweep_after_the_few_shot_attacks():
-    attacks = tamper_grid.grid_attacks(load_config(None, []), [])
+    attacks = plan.grid_attacks(load_config(None, []), [])
     assert [attack.name for attack in attacks] == [
         "few_shot=0", "few_shot=5",
         "lr=2e-05,lr_scheduler=cosine,warmup_ratio=0.1", "lr=0.0002,lr_scheduler=cosine,warmup_ratio=0.1",
@@ -56,12 +57,12 @@ def test_the_default_grid_is_the_seed_sweep_after_the_few_shot_attacks():
 
 def test_command_line_grids_are_every_combination_and_nest_their_keys():
     config = load_config(None, ["tamper.few_shot=[]", "tamper.lr=1e-5"])
-    attacks = tamper_grid.grid_attacks(config, ["tamper.adapter=full,lora", "tamper.data.path=a.jsonl,testbed:retain"])
+    attacks = plan.grid_attacks(config, ["tamper.adapter=full,lora", "tamper.data.path=a.jsonl,testbed:retain"])
     assert [attack.name for attack in attacks] == [
         "adapter=full,path=a.jsonl", "adapter=full,path=testbedretain", "adapter=lora,path=a.jsonl", "adapter=lora,path=testbedretain"]
     last = attacks[-1].settings
     assert (last.adapter, last.data.path, last.data.text_field, last.lr) == ("lora", "testbed:retain", "text", 1e-5)
-    single = tamper_grid.grid_attacks(load_config(None, ["tamper.grid=[]", "tamper.few_shot=[]", "tamper.lr=3e-4"]), [])
+    single = plan.grid_attacks(load_config(None, ["tamper.grid=[]", "tamper.few_shot=[]", "tamper.lr=3e-4"]), [])
     assert [(attack.name, attack.settings.lr) for attack in single] == [("attack", 3e-4)]
 
 
@@ -120,8 +121,8 @@ def test_a_grid_writes_every_attack_its_worst_case_and_resumes_without_rerunning
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished attack ran again")
 
-    run_attack = tamper_grid.run_attack
-    monkeypatch.setattr(tamper_grid, "run_attack", must_not_run)
+    run_attack = running.run_attack
+    monkeypatch.setattr(running, "run_attack", must_not_run)
     capsys.readouterr()
     assert main(command) == 0
     assert capsys.readouterr().out.count("finished earlier") == 4
@@ -130,7 +131,7 @@ def test_a_grid_writes_every_attack_its_worst_case_and_resumes_without_rerunning
     changed = [*command, "tamper.steps=3"]
     assert main(changed) == 2
     assert "with other settings steps" in capsys.readouterr().err
-    monkeypatch.setattr(tamper_grid, "run_attack", run_attack)
+    monkeypatch.setattr(running, "run_attack", run_attack)
     assert main([*changed, "--force"]) == 0
     steps = [[row["step"] for row in a["curve"]] for a in json.loads((world["out"] / "tamper.json").read_text())["attacks"]]
     assert steps[2:] == [[0, 1, 2, 3]] * 2
@@ -185,14 +186,14 @@ def test_slurm_jobs_run_one_attack_each_and_record_failures(world, tmp_path):
 
     present, missing = world["data"].split("=", 1)[1], tmp_path / "missing.jsonl"
     missing.write_text(Path(present).read_text())  # there when the grid is planned and checked ...
-    plans = tamper_grid.plan([world["model"]], [*SMALL, "tamper.few_shot=[0]", "tamper.steps=1"],
+    plans = plan.plan_attacks([world["model"]], [*SMALL, "tamper.few_shot=[0]", "tamper.steps=1"],
                              [f"tamper.data.path={present},{missing}"], str(world["out"]))
     missing.unlink()  # ... and gone when its job runs
-    job = tamper_grid.AttackJob(plans[0], plans[0].attacks[1])
+    job = running.AttackJob(plans[0], plans[0].attacks[1])
     assert pickle.loads(pickle.dumps(job)).attack == job.attack  # what submitit sends to the cluster
 
     executor = submitit.DebugExecutor(folder=world["out"] / "jobs")
-    jobs = tamper_grid.submit(plans, executor)
+    jobs = running.submit(plans, executor)
     assert len(jobs) == 3
     jobs[0].result(), jobs[1].result()
     assert "does not exist" in str(jobs[2].exception())  # (result() would open a debugger on a DebugJob)
@@ -202,5 +203,5 @@ def test_slurm_jobs_run_one_attack_each_and_record_failures(world, tmp_path):
     record = json.loads((world["out"] / "tamper.json").read_text())
     assert len(record["attacks"]) == 2 and len(record["pending"]) == 1
 
-    again = tamper_grid.submit(plans, submitit.DebugExecutor(folder=world["out"] / "jobs"))
+    again = running.submit(plans, submitit.DebugExecutor(folder=world["out"] / "jobs"))
     assert len(again) == 1  # only the failed attack goes out again

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from peel.errors import PeelError
-from peel.tamper_results import (
+from peel.attacks.results import (
     document,
     read_tamper,
     split_tasks,

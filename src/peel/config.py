@@ -271,8 +271,10 @@ class TamperConfig:
     )
     grid: list[dict[str, Any]] = option(
         SEED_ATTACK_SWEEP,
-        "Fine-tuning attacks, each a mapping of tamper keys that differ from this section (default: the seed "
-        "group's standard sweep); [] = one attack with this section's settings. peel tamper --grid replaces it.",
+        "Attacks, each a mapping of tamper keys that differ from this section, and `kind` (fine_tune, the "
+        "default; quantize with bits, group_size; orthogonalize with components, num_examples; few_shot with "
+        "shots) (default: the seed group's standard fine-tuning sweep); [] = one fine-tuning attack with this "
+        "section's settings. peel tamper --grid replaces it.",
     )
     adapter: Literal["full", "lora"] = option("full", "Fine-tune all weights or a LoRA adapter on every linear layer.")
     lora_rank: int = option(16, "Rank of the attacker's LoRA adapter (alpha = rank).", AT_LEAST_ONE)
@@ -307,21 +309,12 @@ class TamperConfig:
 
     def validate(self) -> None:
         """Called by `build` once the section is loaded: each grid point is checked like any key,
-        long before an attack runs."""
+        long before an attack runs. The kinds' own keys live with the kinds, which build on this
+        module: hence the import here rather than at the top."""
+        from peel.attacks.kinds import point_settings
+
         for index, point in enumerate(self.grid):
-            attack_settings(self, point, f"tamper.grid[{index}]")
-
-
-def attack_settings(tamper: TamperConfig, point: dict, where: str) -> TamperConfig:
-    """The settings of one attack: `tamper` with the grid point's keys (nested as in the section)
-    replacing its own; the grid and few-shot lists, which describe the whole grid, left empty."""
-    if not isinstance(point, dict):
-        raise PeelError(f"config key {where!r} got {point!r}; accepted: a mapping of tamper keys")
-    wide = [key for key in GRID_WIDE_KEYS if key in point]
-    if wide:
-        raise PeelError(f"config key '{where}.{wide[0]}' is not one attack's setting; accepted: other tamper keys")
-    base = {**to_dict(tamper), "grid": [], "few_shot": []}  # tasks stay the section's
-    return build(TamperConfig, deep_merge(base, point), prefix=f"{where}.")
+            point_settings(self, point, f"tamper.grid[{index}]")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from peel.batches import Corpus, RandomTargets, example_order, process_share
 from peel.errors import Preempted, RunFailed, first_line
 from peel.gradients import compute_gradients, read
 from peel.models import compile_layers, load_model, model_location, save_model
+from peel.objectives import FORGET_OBJECTIVES
 from peel.optimizers import make_optimizer
 from peel.parallel import full_tensor
 from peel.planning import Plan, prepare
@@ -177,7 +178,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
     retain_layers = retain_layer_set(unlearn.retain_layers, layer, plan.num_layers)
     order = example_order(plan.num_examples, train.epochs_per_layer, train.seed, phase)
     vocab = weights.anatomy.unembedding.weight.shape[0]
-    targets = RandomTargets(train.seed, phase, vocab) if unlearn.forget_loss == "random_ce" else None
+    targets = RandomTargets(train.seed, phase, vocab) if FORGET_OBJECTIVES[unlearn.forget_loss].random_targets else None
 
     for step_in_phase in range(first_step, plan.steps_per_phase):
         p = progress(step_in_phase, plan.steps_per_phase)

@@ -10,10 +10,12 @@ hidden states when the micro-batch has more than `chunk_tokens` tokens (chunked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from peel import losses
+from peel.errors import PeelError
 from peel.chunked import Outputs, chunk_width, token_means, token_values
 from peel.models import final_hidden_states, hidden_states, logits
 
@@ -93,12 +95,29 @@ def npo_of_probe(probe: Outputs, batch: Batch, reference, unlearn) -> torch.Tens
     return losses.npo_of_mean_ratio(token_means(log_ratio, [probe.shifted()], [next_tokens, reference], mask), beta)
 
 
-# `unlearn.forget_loss` -> (the loss of the probe, whether it compares with the original model).
+def top_k_within_vocabulary(unlearn, vocab_size: int) -> None:
+    if unlearn.top_k > vocab_size:
+        raise PeelError(f"unlearn.top_k={unlearn.top_k} is larger than the vocabulary ({vocab_size}); accepted: 2..{vocab_size}")
+
+
+def no_check(unlearn, vocab_size: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ForgetObjective:
+    loss: Callable  # (the probe's outputs, batch, the original's log-probabilities or None, unlearn) -> per example
+    needs_reference: bool = False  # it compares with the original model's log-probabilities
+    random_targets: bool = False  # its batches carry uniformly random token targets (batches.RandomTargets)
+    check: Callable[[object, int], None] = no_check  # (unlearn settings, vocabulary size): before weights load
+
+
+# `unlearn.forget_loss` -> what the loss computes and what it needs.
 FORGET_OBJECTIVES = {
-    "random_ce": (random_ce_of_probe, False),
-    "max_entropy_kl": (max_entropy_kl_of_probe, False),
-    "top_k_entropy": (top_k_entropy_of_probe, False),
-    "npo": (npo_of_probe, True),
+    "random_ce": ForgetObjective(random_ce_of_probe, random_targets=True),
+    "max_entropy_kl": ForgetObjective(max_entropy_kl_of_probe),
+    "top_k_entropy": ForgetObjective(top_k_entropy_of_probe, check=top_k_within_vocabulary),
+    "npo": ForgetObjective(npo_of_probe, needs_reference=True),
 }
 
 
@@ -109,15 +128,15 @@ def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float, ch
     the text's own next tokens from a no-grad pass with every layer original: the same weights,
     adapters off (LoRA) or original values exchanged in (full fine-tuning), never a copy.
     """
-    loss, needs_reference = FORGET_OBJECTIVES[unlearn.forget_loss]
+    objective = FORGET_OBJECTIVES[unlearn.forget_loss]
     reference = None
-    if needs_reference:
+    if objective.needs_reference:
         with torch.no_grad(), weights.original_from(0):
             original = model_outputs(weights, batch, chunk_tokens).shifted()
             reference = token_values(losses.token_log_probs, [original], [batch.input_ids[:, 1:]])
     with weights.original_from(layer + 1):
         probe = model_outputs(weights, batch, chunk_tokens)
-        per_example = loss(probe, batch, reference, unlearn)
+        per_example = objective.loss(probe, batch, reference, unlearn)
         # The loss keeps what its backward needs; whole [batch, tokens, vocab] logits themselves
         # are not, and releasing them lowers the step's peak by one such tensor.
         del probe

@@ -15,6 +15,7 @@ from peel.config import Config
 from peel.data import load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError
 from peel.masks import keyword_pattern, read_keywords, tokenize_with_masks
+from peel.objectives import FORGET_OBJECTIVES
 from peel.models import load_model_config, load_tokenizer, model_location
 from peel.schedules import retain_layer_set, target_layers
 
@@ -110,9 +111,7 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     check_layers(config, model_config.num_hidden_layers)  # cheap, so before the corpora load
     check_parallel(config, distributed.world_size())
     unlearn = config.unlearn
-    if unlearn.forget_loss == "top_k_entropy" and unlearn.top_k > model_config.vocab_size:
-        raise PeelError(f"unlearn.top_k={unlearn.top_k} is larger than the vocabulary ({model_config.vocab_size}); "
-                        f"accepted: 2..{model_config.vocab_size}")
+    FORGET_OBJECTIVES[unlearn.forget_loss].check(unlearn, model_config.vocab_size)
     folder_state = resume.folder_state(output_dir, config, force)
     tokenizer = load_tokenizer(name, model.revision, model.trust_remote_code)
     data, seed = config.data, config.train.seed

@@ -21,7 +21,7 @@ from peel.errors import PeelError, reading
 from peel.evaluation.records import read_evaluation
 from peel.plots import CHANCE
 from peel.run_folder import read_run_record
-from peel.tamper_results import read_tamper, with_baseline
+from peel.attacks.results import read_tamper, with_baseline
 
 # Settings a sweep varies inside one table; each becomes a column when it varies (or always, below).
 SWEPT = {
@@ -64,7 +64,7 @@ class Run:
     phase_evaluations: list  # metrics.jsonl lines carrying {"eval": {task: accuracy}}
     record: dict  # run.json (empty when absent)
     evaluation: dict | None
-    tamper: dict | None  # tamper.json as a document (tamper_results.py), against the run's baseline
+    tamper: dict | None  # tamper.json as a document (attacks/results.py), against the run's baseline
 
 
 def read_run(folder: str | Path) -> Run:

@@ -20,7 +20,7 @@ from peel import checkpoint, run_folder
 from peel.config import Config, flatten, load_config, to_dict
 from peel.errors import PeelError
 from peel.evaluation.records import EVAL_FILE
-from peel.tamper_results import ATTACKS_FOLDER, TAMPER_FILE
+from peel.attacks.results import ATTACKS_FOLDER, TAMPER_FILE
 
 # What `folder_state` finds.
 NEW, RESUME, COMPLETED = "new", "resume", "completed"

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if config.tamper.tasks != list(tasks.values()):
         raise PeelError(f"tamper.tasks={config.tamper.tasks}; the demo's summary reads {list(tasks.values())} (forget, then retain)")
     from peel.run_folder import check_writable
-    from peel.tamper_grid import grid_attacks
+    from peel.attacks.plan import grid_attacks
 
     grid_attacks(config, [], args.overrides)  # the attack settings, checked before anything runs
     check_writable(output, "--output-dir")
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     write_evaluation(run_folder, unlearned_path, evaluations["unlearned"], baseline={"model": scenario.base, **evaluations["base"]})
     targets = {"unlearned": (unlearned_path, run_folder),
                **{name: (model_name, output / name) for name, model_name in scenario.references.items()}}
-    documents = attack_models(targets, config, evaluations["base"]["accuracy"], args.overrides)
+    documents = attack_models(targets, config, evaluations["base"]["accuracy"], scenario.base, args.overrides)
 
     summary = {"models": models, **attack_summary(documents, tasks), "wall_seconds": round(time.time() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -130,20 +130,22 @@ def summary_row(results: dict, tasks: dict[str, str]) -> dict[str, float]:
     return {key: results["accuracy"][task] for key, task in tasks.items()}
 
 
-def attack_models(targets: dict[str, tuple[str, Path]], config, baseline: dict[str, float], overrides: list[str] = ()) -> dict[str, dict]:
+def attack_models(targets: dict[str, tuple[str, Path]], config, baseline: dict[str, float], original: str,
+                  overrides: list[str] = ()) -> dict[str, dict]:
     """The attack part of a demo: each target (name -> (model path or scenario name, folder for its
     attacks)) attacked with the config's tamper grid, measured against `baseline` ({task:
-    accuracy} of the original model). `overrides`, the command line's, may not set what the grid
-    sets. Returns name -> its tamper.json document."""
-    from peel import tamper_grid
+    accuracy} of `original`, the model the targets are compared with). `overrides`, the command
+    line's, may not set what the grid sets. Returns name -> its tamper.json document."""
+    from peel.attacks.plan import TargetPlan, grid_attacks
+    from peel.attacks.running import run_locally
     from peel.evaluation.targets import Target
     from peel.run_folder import check_writable
 
-    attacks = tamper_grid.grid_attacks(config, [], overrides)
+    attacks = grid_attacks(config, [], overrides)
     source = {"given": baseline, "tasks": list(config.tamper.tasks)}
-    plans = [tamper_grid.TargetPlan(Target(model, None, config), check_writable(folder, f"the {name} attacks' folder"), attacks, source)
+    plans = [TargetPlan(Target(model, None, config), check_writable(folder, f"the {name} attacks' folder"), attacks, source, original)
              for name, (model, folder) in targets.items()]
-    documents = tamper_grid.run_locally(plans)
+    documents = run_locally(plans)
     return {name: documents[plan.folder] for name, plan in zip(targets, plans)}
 
 

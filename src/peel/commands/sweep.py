@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peel import distributed, sweep
+    from peel import distributed, jobs, sweep
     from peel.errors import PeelError
 
     if args.status:
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         distributed.barrier()
         failed = sweep.run_locally(to_do)
         return 1 if failed else 0
-    parameters = sweep.slurm_parameters(args.slurm)
-    executor = sweep.make_executor(Path(runs[0].folder).parent / "jobs", parameters)
+    parameters = jobs.slurm_parameters(args.slurm)
+    executor = jobs.make_executor(Path(runs[0].folder).parent / "jobs", parameters)
     to_do = sweep.to_do(runs)
     sweep.write(runs)
     sweep.submit(to_do, executor, nproc_per_node=max(1, parameters["gpus_per_node"]))

@@ -19,7 +19,13 @@ attacks. Attacks:
     text makes it a benign attack), evaluating tamper.tasks at step 0 and every tamper.eval_every
     steps. The grid: --grid tamper.KEY=V1,V2 (repeatable; every combination), else tamper.grid (a
     list of attacks; default: the seed group's standard sweep of seven, warmup as a share of
-    tamper.steps); tamper.grid=[] is one attack with the section's settings.
+    tamper.steps); tamper.grid=[] is one attack with the section's settings;
+  - no training, a grid entry with a kind, evaluated once (step 0):
+    {kind: quantize, bits: 4} (bits 2, 3, 4, 8 or 16 = as is; group_size 128, 0 = per output row):
+    each linear weight of the decoder layers rounded to that many bits and back (rtn_absmax);
+    {kind: orthogonalize, components: 1} (num_examples 64): the top principal components of
+    (target - original) hidden states on tamper.data projected out of every layer's output; the
+    original is --baseline MODEL or the model a run folder unlearned.
 
 tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]).
 
@@ -91,41 +97,43 @@ class TargetsAndOverrides(argparse.Action):
 
 
 def run(args: argparse.Namespace) -> int:
-    from peel import sweep, tamper_grid, tracking
-    from peel.tamper_results import read_tamper
+    from peel import jobs, tracking
+    from peel.attacks import baseline, folder, running
+    from peel.attacks.plan import check_attack_data, label, plan_attacks
+    from peel.attacks.results import read_tamper
 
     targets, overrides = args.targets, list(args.overrides)
     if not targets:
         raise PeelError("give at least one TARGET (a run folder, a model folder, a hub id or testbed:NAME)")
     slurm = slurm_parameters(args.slurm) if args.slurm else None  # a bad --slurm word is found first
     read_only = [other for other in args.compare if Path(other).is_dir() and (Path(other) / "tamper.json").is_file()]
-    plans = tamper_grid.plan(targets, overrides, args.grid, args.output_dir, args.baseline,
-                             compared=[other for other in args.compare if other not in read_only])
-    compared = {tamper_grid.label(other): read_tamper(other) for other in read_only}
+    plans = plan_attacks(targets, overrides, args.grid, args.output_dir, args.baseline,
+                         compared=[other for other in args.compare if other not in read_only])
+    compared = {label(other): read_tamper(other) for other in read_only}
     config = plans[0].target.config
     tracking.check(config.track.to)
-    tamper_grid.check_attack_data(plans[0].attacks)  # the corpora last: they may take a moment to load
+    check_attack_data(plans[0].attacks)  # the corpora last: they may take a moment to load
     source = plans[0].baseline
 
     if args.slurm:
-        executor = sweep.make_executor(plans[0].attacks_folder / "jobs", slurm)
-        jobs = tamper_grid.submit(plans, executor, args.force)
-        if args.baseline and not has_all(tamper_grid.find_baseline(source), source["tasks"]):
+        executor = jobs.make_executor(plans[0].attacks_folder / "jobs", slurm)
+        submitted = running.submit(plans, executor, args.force)
+        if args.baseline and not has_all(baseline.find_baseline(source), source["tasks"]):
             executor.update_parameters(name="peel-tamper-baseline")
-            job = executor.submit(tamper_grid.BaselineJob(source, config, [plan.folder for plan in plans]))
+            job = executor.submit(running.BaselineJob(source, config, [target_plan.folder for target_plan in plans]))
             print(f"baseline {args.baseline}: submitted as job {job.job_id}")
-            jobs.append(job)
-        if jobs:
-            print(f"{len(jobs)} jobs submitted; run the same command again once they finished to draw tamper.png")
+            submitted.append(job)
+        if submitted:
+            print(f"{len(submitted)} jobs submitted; run the same command again once they finished to draw tamper.png")
             return 0
-        documents = {plan.folder: tamper_grid.collect(plan.folder) for plan in plans}
+        documents = {target_plan.folder: folder.collect(target_plan.folder) for target_plan in plans}
     else:
         if args.baseline:
-            tamper_grid.evaluate_baseline(source, config)
-        documents = tamper_grid.run_locally(plans, args.force)
-    for plan in plans:
-        print_summary(plan.folder, documents[plan.folder])
-        track(plan, documents[plan.folder])
+            baseline.evaluate_baseline(source, config)
+        documents = running.run_locally(plans, args.force)
+    for target_plan in plans:
+        print_summary(target_plan.folder, documents[target_plan.folder])
+        track(target_plan, documents[target_plan.folder])
     draw(plans, documents, compared, args.output_dir)
     return 0
 
@@ -151,9 +159,9 @@ def has_all(baseline: dict | None, tasks: list[str]) -> bool:
 
 
 def slurm_parameters(items: list[str]) -> dict:
-    from peel import sweep
+    from peel import jobs
 
-    parameters = sweep.slurm_parameters(items)
+    parameters = jobs.slurm_parameters(items)
     if parameters.get("nodes", 1) != 1:
         raise PeelError(f"--slurm nodes={parameters['nodes']}: an attack runs in one process; accepted: nodes=1")
     return parameters
@@ -162,7 +170,7 @@ def slurm_parameters(items: list[str]) -> dict:
 def draw(plans, documents: dict, compared: dict, output_dir: str | None) -> None:
     """tamper.png in each target's folder, and the models side by side where there are several."""
     from peel.plots import plot_tamper
-    from peel.tamper_grid import figure_folder, label
+    from peel.attacks.plan import figure_folder, label
 
     named = {label(plan.target.model if plan.target.run_folder is None else str(plan.target.run_folder)): documents[plan.folder]
              for plan in plans}

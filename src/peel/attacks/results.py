@@ -2,14 +2,14 @@
 
     {"target": what was attacked, "tasks": [...], "retain_task": name or null,
      "baseline": {task: accuracy} or null, "pending": [attacks not finished yet],
-     "attacks": [{"name", "kind": "fine_tune" | "few_shot", "settings": {...},
+     "attacks": [{"name", "kind": a name in kinds.KINDS, "settings": {...},
                   "curve": [{"step", TASK: accuracy, ...}], ["error": why it stopped early]}],
      "worst_case": [{"step", TASK: max over the attacks evaluated at that step}],
      "summary": {FORGET_TASK: {"step0", "worst", "worst_step", "worst_attack", "retain_at_worst",
                                "steps_to_recover": {"50": step or null, "90": step or null} or null}}}
 
 The tracked tasks are the forget task(s) first and, with two or more, the retain task last. A
-few-shot attack's curve is its one evaluation, at step 0. Pure functions on plain data (no torch),
+few-shot, quantization or orthogonalization attack's curve is its one evaluation, at step 0. Pure functions on plain data (no torch),
 so `peel report` reads results anywhere. The first peel releases wrote a bare curve (a list of
 rows); `read_tamper` turns one into a document with a single attack.
 """
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peel.attacks.kinds import DEFAULT_KIND, untouched_at_zero
 from peel.errors import PeelError
 from peel.run_folder import read_json, write_json
 
 TAMPER_FILE = "tamper.json"
-ATTACKS_FOLDER = "attacks"  # beside tamper.json: one file per finished attack (tamper_grid.py)
-FINE_TUNE, FEW_SHOT = "fine_tune", "few_shot"
+ATTACKS_FOLDER = "attacks"  # beside tamper.json: one file per finished attack (folder.py)
 # Shares of the lost accuracy (baseline - step 0) whose recovery is reported, in percent.
 RECOVERY_SHARES = (50, 90)
 # Comparisons of accuracies computed different ways (a difference of sums) must not hinge on rounding.
@@ -50,10 +50,9 @@ def worst_case(curves: list[list[dict]]) -> list[dict]:
 
 
 def step_zero(attacks: list[dict], task: str) -> float | None:
-    """The untouched model's accuracy: step 0 of the attacks that put no examples in the prompt
+    """The untouched model's accuracy: step 0 of the attacks whose step 0 is the model as it is
     (fine-tuning attacks have not trained yet at step 0; a 0-shot prompt is no attack)."""
-    unprompted = [attack for attack in attacks if attack.get("kind", FINE_TUNE) == FINE_TUNE
-                  or attack.get("settings", {}).get("few_shot") == 0]
+    unprompted = [attack for attack in attacks if untouched_at_zero(attack)]
     values = [row[task] for attack in (unprompted or attacks) for row in attack["curve"] if row["step"] == 0 and task in row]
     return min(values) if values else None
 
@@ -141,7 +140,7 @@ def read_tamper(folder: str | Path) -> dict | None:
     value = read_json(path, accepted)
     if isinstance(value, list) and is_curve(value):
         tasks = list(dict.fromkeys(key for row in value for key in row if key != "step"))
-        attack = {"name": "attack", "kind": FINE_TUNE, "settings": {}, "curve": value}
+        attack = {"name": "attack", "kind": DEFAULT_KIND, "settings": {}, "curve": value}
         return document(str(Path(folder)), tasks, [attack], None)
     attacks = value.get("attacks") if isinstance(value, dict) else None
     if not isinstance(attacks, list) or not all(

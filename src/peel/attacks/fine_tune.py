@@ -1,11 +1,10 @@
-"""One fine-tuning attack: fine-tune a model on some text and watch the tracked tasks' accuracy.
+"""The fine-tuning attack: fine-tune a model on some text and watch the tracked tasks' accuracy.
 
 `tamper` is the loop: causal-LM loss, AdamW or SGD, a transformers schedule with warmup, full
 weights or a LoRA adapter, optional clipping and weight decay, evaluations at step 0 and every
-`eval_every` steps. `attack` reads a `tamper` config section's data and runs the loop on a loaded
-model. A model whose knowledge was really removed stays near chance; one whose knowledge was only
-hidden climbs back within a few steps. Grids of attacks are `tamper_grid.py`; tamper.json is
-`tamper_results.py`.
+`eval_every` steps. `attack_model` reads a `tamper` config section's data and runs the loop on a loaded
+model; `run` is the kind's entry in the table (kinds.py). A model whose knowledge was really
+removed stays near chance; one whose knowledge was only hidden climbs back within a few steps.
 """
 
 from __future__ import annotations
@@ -147,7 +146,7 @@ def tamper(
     return history
 
 
-def attack(
+def attack_model(
     model,
     tokenizer,
     settings: TamperConfig,
@@ -197,3 +196,27 @@ def attack_examples(settings: TamperConfig) -> int:
     if settings.num_examples is not None:
         return settings.num_examples
     return math.ceil(max(settings.steps, 1) * settings.per_device_batch_size / settings.epochs)
+
+
+# --------------------------------------------------------------------------------------------
+# The kind's entry (kinds.py)
+
+
+def untouched(settings: dict) -> bool:
+    return True  # step 0 is before the first optimizer step
+
+
+def corpus(attack) -> tuple:
+    settings = attack.settings
+    return settings.data, attack_examples(settings), settings.seed, settings.num_examples is not None
+
+
+def run(attack, session) -> dict:
+    """The attack on the session's model, step 0 shared with the grid's other attacks when known."""
+    try:
+        curve = attack_model(session.model, session.tokenizer, attack.settings, session.evaluation,
+                             initial=session.known_untouched(), should_stop=session.should_stop)
+    except AttackDiverged as diverged:  # what it reached until then counts; rerunning would diverge again
+        print(f"{attack.name}: {diverged}")
+        return {"curve": diverged.history, "error": str(diverged)}
+    return {"curve": curve}

@@ -1,0 +1,93 @@
+"""The attack kinds: one table, each kind's settings, bounds, description and run in its own module.
+
+A grid point chooses its kind with `kind:` (default fine_tune), e.g. `{kind: quantize, bits: 4}`;
+its other keys are the kind's own options (bounded like any config key) and the tamper keys the
+kind reads. Nothing outside this table names a kind: planning, the folder, results and the report
+ask the table what a kind needs (its corpus, the original model) and what its curve means (whether
+its step 0 is the untouched model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from peel.attacks import few_shot, fine_tune, orthogonalize, quantize
+from peel.config import GRID_WIDE_KEYS, TamperConfig, build, deep_merge, flatten, to_dict
+from peel.errors import PeelError
+
+DEFAULT_KIND = "fine_tune"
+FEW_SHOT = "few_shot"  # the kind of tamper.few_shot's attacks
+
+
+@dataclass(frozen=True)
+class Kind:
+    options: type | None  # dataclass of the kind's own keys; None: it has none
+    tamper_keys: tuple[str, ...] | None  # the tamper keys its numbers depend on; None: every one of one attack
+    run: Callable  # (Attack, Session) -> {"curve": [...], ["error": why it ended early]}
+    untouched: Callable[[dict], bool]  # from a record's settings: is step 0 of its curve the model as it is?
+    corpus: Callable | None = None  # (Attack) -> (DataSource, examples, seed, required) it reads, found before loading
+    needs_original: bool = False  # it compares the target with the model it was made from
+
+
+KINDS = {
+    "fine_tune": Kind(None, None, fine_tune.run, fine_tune.untouched, fine_tune.corpus),
+    "few_shot": Kind(few_shot.Options, ("tasks", "dtype"), few_shot.run, few_shot.untouched),
+    "quantize": Kind(quantize.Options, ("tasks", "dtype"), quantize.run, quantize.untouched),
+    "orthogonalize": Kind(orthogonalize.Options, ("tasks", "dtype", "data", "max_length", "seed"),
+                          orthogonalize.run, orthogonalize.untouched, orthogonalize.corpus, needs_original=True),
+}
+
+
+def kind(name: str, where: str = "tamper.kind") -> Kind:
+    if name not in KINDS:
+        raise PeelError(f"config key {where!r} got {name!r}; accepted: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def point_settings(section: TamperConfig, point: dict, where: str) -> tuple[str, TamperConfig, Any]:
+    """(kind, tamper settings, the kind's options) of one grid point, every key checked."""
+    if not isinstance(point, dict):
+        raise PeelError(f"config key {where!r} got {point!r}; accepted: a mapping of tamper keys")
+    name = point.get("kind", DEFAULT_KIND)
+    entry = kind(name if isinstance(name, str) else repr(name), f"{where}.kind")
+    rest = {key: value for key, value in point.items() if key != "kind"}
+    own = {field.name for field in dataclasses.fields(entry.options)} if entry.options else set()
+    if entry.tamper_keys is not None:
+        accepted = ["kind", *sorted(own), *entry.tamper_keys]
+        stray = sorted(key for key in rest if key not in own and key not in entry.tamper_keys)
+        if stray:
+            raise PeelError(f"unknown config key '{where}.{stray[0]}' for kind {name}; accepted keys here: {', '.join(accepted)}")
+    options = build(entry.options, {key: rest[key] for key in own if key in rest}, prefix=f"{where}.") if entry.options else None
+    return name, attack_settings(section, {key: value for key, value in rest.items() if key not in own}, where), options
+
+
+def attack_settings(section: TamperConfig, point: dict, where: str) -> TamperConfig:
+    """The tamper settings of one attack: the section with the point's keys (nested as in the
+    section) replacing its own; the grid and few-shot lists, which describe the whole grid, left empty."""
+    wide = [key for key in GRID_WIDE_KEYS if key in point]
+    if wide:
+        raise PeelError(f"config key '{where}.{wide[0]}' is not one attack's setting; accepted: other tamper keys")
+    base = {**to_dict(section), "grid": [], "few_shot": []}  # tasks stay the section's
+    return build(TamperConfig, deep_merge(base, point), prefix=f"{where}.")
+
+
+def description(name: str, settings: TamperConfig, options: Any) -> dict:
+    """The settings that decide an attack's numbers, as flat JSON values: the kind's options, then
+    the tamper keys it reads (all of one attack's, for fine-tuning)."""
+    entry = KINDS[name]
+    own = to_dict(options) if options is not None else {}
+    if hasattr(options, "described"):  # a kind whose options read differently in its records
+        own = options.described()
+    tamper = {key: value for key, value in flatten(to_dict(settings)).items() if key.split(".")[0] not in ("grid", "few_shot")}
+    if entry.tamper_keys is not None:
+        tamper = {key: value for key, value in tamper.items() if key.split(".")[0] in entry.tamper_keys}
+    return {**own, **tamper}
+
+
+def untouched_at_zero(record: dict) -> bool:
+    """Whether step 0 of an attack record's curve is the model as it is (records of the first
+    releases name no kind: they were fine-tuning attacks)."""
+    entry = KINDS.get(record.get("kind", DEFAULT_KIND))
+    return entry is not None and entry.untouched(record.get("settings", {}))
