@@ -21,8 +21,9 @@ Run peel end to end on a built-in scenario (no GPU, no downloads once installed)
   4. attack the unlearned model and any reference model (filtered) with the config's attack grid
      (the testbed's: full and LoRA fine-tuning on testbed:tamper at two learning rates, a benign
      attack on testbed:retain, 0- and 5-shot prompts; the elements': full fine-tuning on
-     elements:tamper), forget and retain accuracy every tamper.eval_every steps, and take the
-     worst case over the attacks;
+     elements:tamper; both: 8- and 4-bit weights and one direction per layer projected out,
+     estimated against the base model), forget and retain accuracy every tamper.eval_every
+     steps, and take the worst case over the attacks;
   5. write DIR/summary.json, DIR/summary.md and DIR/tamper.png (the unlearning run is DIR/unlearn,
      which gets the unlearned model's attacks and tamper.json; a reference model's are in
      DIR/NAME, e.g. DIR/filtered).
