@@ -167,6 +167,15 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("tamper into an unwritable folder", lambda w: ["tamper", str(w.model), "--output-dir", str(w.unwritable / "t")], "is not writable"),
     ("tamper more examples than the corpus", lambda w: ["tamper", "testbed:base", "--output-dir", str(w.root / "t"), "tamper.data.path=testbed:tamper", "tamper.tasks=[testbed_forget]", "tamper.num_examples=5000"], "holds 300 usable texts"),
     ("tamper without an output folder", lambda w: ["tamper", str(w.model)], "needs --output-dir"),
+    # probe
+    ("probe layer past the model", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[1, 9]"], "probe.layers contains layer 9; the model has layers 0..3"),
+    ("probe negative layer", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[-1]"], "'probe.layers[0]' got -1"),
+    ("probe without tasks", lambda w: ["probe", str(w.model), "--output-dir", str(w.root / "p")], "no tasks to probe"),
+    ("probe with an empty task list", lambda w: ["probe", str(w.model), "--tasks", "", "--output-dir", str(w.root / "p")], "--tasks '' names no task"),
+    ("probe unknown task", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget,no_such_task", "--output-dir", str(w.root / "p")], "unknown evaluation task 'no_such_task'"),
+    ("probe train share 1", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.train_share=1"], "'probe.train_share' got 1.0"),
+    ("probe unknown pooling", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.pooling=max"], "'probe.pooling' got 'max'; accepted: last, mean"),
+    ("probe of several targets without an output folder", lambda w: ["probe", str(w.model), "testbed:base", "--tasks", "testbed_forget"], "needs --output-dir"),
     # report
     ("report of a non-run folder", lambda w: ["report", str(w.root / "inputs"), "--output", str(w.root / "r.md")], "is not a run folder"),
     ("report of a corrupt run.json", lambda w: ["report", str(run_copy(w, "bad_run_json", lambda f: (f / "run.json").write_text("{"))), "--output", str(w.root / "r.md")], "run.json is not valid JSON"),

@@ -20,6 +20,7 @@ COMMANDS = {
     "unlearn": "peel.commands.unlearn",
     "eval": "peel.commands.evaluate",
     "tamper": "peel.commands.tamper",
+    "probe": "peel.commands.probe",
     "report": "peel.commands.report",
     "sweep": "peel.commands.sweep",
     "testbed": "peel.commands.testbed",

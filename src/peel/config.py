@@ -329,6 +329,33 @@ class TrackConfig:
 
 
 @dataclass
+class ProbeConfig:
+    layers: list[int] | LayerRange = option(
+        LayerRange(start=None, end=0, step=1),
+        "Layers whose outputs peel probe reads, as in unlearn.layers: {start, end, step} or a list; default every layer.",
+        NON_NEGATIVE,
+    )
+    tasks: list[str] = option(
+        [], "Multiple-choice lm-eval tasks probed, e.g. [testbed_forget, testbed_retain]; [] = eval.tasks."
+    )
+    pooling: Literal["last", "mean"] = option(
+        "last", "Hidden state a probe reads: last = the last token's, mean = the mean over the sequence's tokens."
+    )
+    cloze: Literal["answer", "choice"] = option(
+        "answer",
+        "How a task whose choices differ per question is probed: answer = the answer's text as a class of the "
+        "context's hidden state (answers must recur across questions); choice = a binary probe on context + choice. "
+        "A task whose choices are the same letters for every question predicts the answer's index.",
+    )
+    train_share: float = option(
+        0.5, "Share of each task's questions the probes train on; the rest are held out.",
+        Bound(minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True),
+    )
+    seed: int = option(0, "Seed of the train / held-out split (the same for every target) and of the probes.", NON_NEGATIVE)
+    limit: int | None = option(None, "Probe only the first N questions of each task; null = every question.", Bound(minimum=2))
+
+
+@dataclass
 class Config:
     model: ModelConfig = option(ModelConfig(), "The model to unlearn.")
     data: DataConfig = option(DataConfig(), "Forget and retain corpora.")
@@ -337,6 +364,7 @@ class Config:
     eval: EvalConfig = option(EvalConfig(), "Evaluation with lm-eval-harness.")
     tamper: TamperConfig = option(TamperConfig(), "The fine-tuning (tampering) attack.")
     track: TrackConfig = option(TrackConfig(), "Live experiment tracking (wandb, trackio, TensorBoard).")
+    probe: ProbeConfig = option(ProbeConfig(), "Linear probes and the logit lens per layer (peel probe).")
     output_dir: str = option("runs/default", "The run folder.")
     notes: str = option("", "Free text shown in the Notes column of reports.")
 

@@ -90,6 +90,29 @@ def plot_phase_accuracy(evaluations: list[dict], path: str | Path, baseline: dic
     return _save(figure, pyplot, path)
 
 
+def plot_probe(document: dict, path: str | Path) -> Path:
+    """Accuracy vs layer from probe.json: a column per task, the linear probe's held-out accuracy in
+    the top row and the logit lens's in the bottom one, a line per target, chance dotted."""
+    pyplot = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    tasks = document["tasks"]
+    figure, axes = pyplot.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 8), squeeze=False, sharey=True)
+    for column, task in enumerate(tasks):
+        for row, (key, title) in enumerate((("probe", "linear probe (held out)"), ("logit_lens", "logit lens"))):
+            axis = axes[row][column]
+            for name, entry in document["targets"].items():
+                points = [(point["layer"], point[task]) for point in entry[key] if task in point]
+                axis.plot([layer for layer, _ in points], [value for _, value in points], marker="o", label=name)
+            chance = document["chance"].get(task)
+            if chance is not None:
+                axis.axhline(chance, color="grey", linestyle=":", label=f"chance {chance:.3f}")
+            axis.set(title=f"{task}: {title}", xlabel="layer (its output)", ylabel="accuracy", ylim=(0, 1.02))
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.legend(fontsize="x-small")
+    return _save(figure, pyplot, path)
+
+
 def _phase_starts(steps: list[dict]) -> list[dict]:
     return [row for index, row in enumerate(steps) if index == 0 or row.get("phase") != steps[index - 1].get("phase")]
 

@@ -41,7 +41,7 @@ SWEPT = {
 ALWAYS_SHOWN = ("unlearn.remove_coef", "unlearn.retain_coef", "train.lr")
 # Settings that never split families: where results went, what they are called, how they are checked,
 # where they are watched.
-IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "train.checkpoint_every")
+IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "probe.", "train.checkpoint_every")
 # Settings named in a family's title, in this order.
 TITLE_KEYS = ("unlearn.adapter", "unlearn.forget_loss", "unlearn.retain_loss", "unlearn.retain_layers",
               "unlearn.grad_filter", "unlearn.retain_ramp")
@@ -304,7 +304,49 @@ def tamper_table(runs: list[Run]) -> list[str]:
     return lines
 
 
-def render(runs: list[Run], plots: dict[str, list[str]] | None = None) -> str:
+def read_probes(folders: list[str | Path]) -> dict[str, dict]:
+    """probe.json of each folder that has one (a run folder or a `peel probe --output-dir`), by folder name."""
+    from peel.probing.record import read_probe
+
+    documents = {}
+    for folder in folders:
+        document = read_probe(folder)
+        if document is not None:
+            documents[Path(folder).resolve().name] = document
+    return documents
+
+
+def probe_table(document: dict) -> list[str]:
+    """Per model and task: the best layer's held-out linear-probe accuracy and the best layer's
+    logit-lens accuracy (the lens at the last layer is the model's own output)."""
+    from peel.probing.record import best_layer
+
+    tasks = document.get("tasks") or list(document["chance"])
+    rows = [["Model", *(f"{TASK_TITLES.get(task, task)} {what}" for task in tasks for what in ("probe", "lens"))]]
+    rows.append(["Chance", *(f"{document['chance'][task]:.3f}" if task in document["chance"] else "-"
+                             for task in tasks for _ in range(2))])
+    for name, entry in document["targets"].items():
+        cells = []
+        for task in tasks:
+            for key in ("probe", "logit_lens"):
+                best = best_layer(entry[key], task)
+                cells.append("-" if best is None else f"{best[1]:.3f} (L{best[0]})")
+        rows.append([name, *cells])
+    return table(rows)
+
+
+def probe_section(probes: dict[str, dict], plots: dict[str, list[str]]) -> list[str]:
+    lines = ["## Probes: is the knowledge still in the hidden states?", ""]
+    for name, document in probes.items():
+        kinds = ", ".join(f"{task}: {kind}" for task, kind in document.get("kinds", {}).items())
+        lines += [f"### {name}", "", *probe_table(document), "",
+                  f"Best layer (L) of each; probe accuracy on held-out questions ({kinds}; pooling "
+                  f"{document.get('pooling', '-')}); lens: the layer read through the final norm and unembedding.", ""]
+        lines += [f"![probe accuracy vs layer]({path})" for path in plots.get(f"probe:{name}", [])] + [""]
+    return lines
+
+
+def render(runs: list[Run], plots: dict[str, list[str]] | None = None, probes: dict[str, dict] | None = None) -> str:
     """The whole report; `plots` maps a section ('tamper' or a run name) to image paths to link."""
     plots = plots or {}
     grouped = families(runs)
@@ -322,6 +364,8 @@ def render(runs: list[Run], plots: dict[str, list[str]] | None = None) -> str:
                   "Worst case: at each evaluated step, the highest accuracy over the model's attacks (fine-tuning and "
                   "few-shot). N% back: the first step at which it regained N% of (baseline - step 0).", ""]
         lines += [f"![tamper curves]({path})" for path in plots.get("tamper", [])] + [""]
+    if probes:
+        lines += probe_section(probes, plots)
     linked = [run for run in runs if plots.get(run.name)]
     if linked:
         lines += ["## Runs", ""]
@@ -330,9 +374,10 @@ def render(runs: list[Run], plots: dict[str, list[str]] | None = None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def draw_plots(runs: list[Run], folder: Path, relative_to: Path) -> dict[str, list[str]]:
-    """Loss curves and accuracy vs phase per run, tamper curves overlaid; returns links for `render`."""
-    from peel.plots import plot_losses, plot_phase_accuracy, plot_tamper
+def draw_plots(runs: list[Run], folder: Path, relative_to: Path, probes: dict[str, dict] | None = None) -> dict[str, list[str]]:
+    """Loss curves and accuracy vs phase per run, tamper curves overlaid, probe accuracy vs layer;
+    returns links for `render`."""
+    from peel.plots import plot_losses, plot_phase_accuracy, plot_probe, plot_tamper
 
     links: dict[str, list[str]] = {}
 
@@ -349,6 +394,8 @@ def draw_plots(runs: list[Run], folder: Path, relative_to: Path) -> dict[str, li
     documents = {run.name: run.tamper for run in runs if run.tamper}
     if documents:
         link("tamper", plot_tamper(documents, folder / "tamper.png"))
+    for name, document in (probes or {}).items():
+        link(f"probe:{name}", plot_probe(document, folder / f"{name}_probe.png"))
     return links
 
 

@@ -21,6 +21,7 @@ from peel.config import Config, flatten, load_config, to_dict
 from peel.errors import PeelError
 from peel.evaluation.records import EVAL_FILE
 from peel.attacks.results import ATTACKS_FOLDER, TAMPER_FILE
+from peel.probing.record import PROBE_FILE
 
 # What `folder_state` finds.
 NEW, RESUME, COMPLETED = "new", "resume", "completed"
@@ -55,8 +56,8 @@ def config_differences(saved: Config, given: Config) -> list[str]:
     return [f"{key}: {before.get(key)!r} in the folder, {after.get(key)!r} now" for key in keys]
 
 
-# What a finished run leaves, and what evaluating and attacking its model add: stale once the run starts over.
-RESULTS = ("model", "adapter", EVAL_FILE, TAMPER_FILE, "tamper.png", ATTACKS_FOLDER)
+# What a finished run leaves, and what evaluating, attacking and probing its model add: stale once the run starts over.
+RESULTS = ("model", "adapter", EVAL_FILE, TAMPER_FILE, "tamper.png", ATTACKS_FOLDER, PROBE_FILE, "probe.png")
 
 
 def rewind(output_dir: Path, saved: dict | None) -> None:

@@ -1,0 +1,69 @@
+"""`peel probe TARGET...`: is the forget knowledge still in the representations? -> probe.json, probe.png."""
+
+from __future__ import annotations
+
+import argparse
+
+from peel.errors import PeelError
+
+HELP = "Linear probes and the logit lens at every layer: is the knowledge still in the hidden states?"
+DESCRIPTION = """\
+For each TARGET (a run folder, a model folder, a hub id, testbed:base / testbed:filtered, ...) and
+each layer, fit a linear probe (logistic regression) on the layer's hidden states for a task's
+questions, on a training share of them, and report its accuracy on the rest; and read the task
+through the logit lens (the layer's output through the final norm and unembedding). A task whose
+questions share their choices (A-D letters) is probed for the answer's index; one whose choices
+are per-question text (the testbed's cloze questions) gets a binary probe on context + choice, the
+highest-scoring choice counting as its answer. The split is fixed by probe.seed, the same for
+every target, so targets compare. Writes probe.json and probe.png (accuracy vs layer, a line per
+target, chance dotted) into --output-dir, or into the run folder when TARGET is one run folder.
+
+Settings come from the first run folder's config.yaml (or the defaults), then key=value
+overrides: probe.tasks ([] = eval.tasks), probe.layers, probe.pooling, probe.train_share,
+probe.seed, probe.limit; batches and context length are eval.batch_size and eval.max_length.
+
+example:
+  peel probe testbed:base runs/testbed_lora testbed:filtered --output-dir probes/testbed
+
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peel.config import ProbeConfig, help_lines
+
+    parser.description = DESCRIPTION + "\n".join(help_lines(ProbeConfig(), prefix="probe."))
+    parser.add_argument("targets", nargs="+", metavar="TARGET", help="Run folders, model folders, hub ids or testbed:NAME.")
+    parser.add_argument("--tasks", help="Comma-separated tasks, forget first (overrides probe.tasks).")
+    parser.add_argument("--output-dir", help="Where probe.json and probe.png go (default: the run folder, for one run folder).")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. probe.layers=[0,4,7].")
+
+
+def run(args: argparse.Namespace) -> int:
+    from peel.evaluation.targets import output_folder, resolve_targets
+    from peel.run_folder import check_writable
+
+    overrides = list(args.overrides)
+    if args.tasks is not None:
+        overrides.append(f"probe.tasks=[{args.tasks}]")
+    targets = resolve_targets(args.targets, overrides)
+    if args.tasks is not None and not targets[0].config.probe.tasks:
+        raise PeelError(f"--tasks {args.tasks!r} names no task; accepted: comma-separated task names such as testbed_forget,testbed_retain")
+    if args.output_dir is not None:
+        folder = check_writable(args.output_dir, "--output-dir")
+    elif len(targets) == 1:
+        folder = output_folder(targets[0], None, "probe")
+    else:
+        raise PeelError("peel probe of several targets needs --output-dir (one probe.json holds them all)")
+
+    from peel.probing.record import PROBE_FILE
+    from peel.probing.runner import probe_targets
+
+    document = probe_targets(targets, args.targets, folder)
+    for name, entry in document["targets"].items():
+        for task in document["tasks"]:
+            best = max(entry["probe"], key=lambda row: row[task])
+            last = entry["logit_lens"][-1]
+            print(f"{name} {task}: probe {best[task]:.3f} (layer {best['layer']}), "
+                  f"logit lens {last[task]:.3f} (layer {last['layer']}), chance {document['chance'][task]:.3f}")
+    print(f"wrote {folder / PROBE_FILE} and {folder / 'probe.png'}")
+    return 0
