@@ -165,3 +165,11 @@ def test_peel_probe_writes_probe_json_and_png_and_the_report_shows_them(tmp_path
     best = max(base["probe"], key=lambda row: row["testbed_forget"])
     assert f"| testbed_base | {best['testbed_forget']:.3f} (L{best['layer']}) |" in text
     assert (tmp_path / "report_plots" / "probes_probe.png").is_file()
+
+
+def test_overrides_may_sit_among_the_targets():
+    from peel.cli import parse
+
+    args = parse(["probe", "testbed:base", "probe.layers=[1]", "runs/a", "--output-dir", "out", "probe.seed=2"])
+    assert args.targets == ["testbed:base", "runs/a"] and args.output_dir == "out"
+    assert args.overrides == ["probe.layers=[1]", "probe.seed=2"]

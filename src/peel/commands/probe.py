@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 from peel.errors import PeelError
 
@@ -13,14 +15,15 @@ each layer, fit a linear probe (logistic regression) on the layer's hidden state
 questions, on a training share of them, and report its accuracy on the rest; and read the task
 through the logit lens (the layer's output through the final norm and unembedding). A task whose
 questions share their choices (A-D letters) is probed for the answer's index; one whose choices
-are per-question text (the testbed's cloze questions) gets a binary probe on context + choice, the
-highest-scoring choice counting as its answer. The split is fixed by probe.seed, the same for
+are per-question text (the testbed's cloze questions) for the answer's text as a class of the
+context's hidden state, its choices ranked by their classes' scores (probe.cloze=choice instead: a
+binary probe on context + choice, the highest-scoring choice counting as the answer). The split is fixed by probe.seed, the same for
 every target, so targets compare. Writes probe.json and probe.png (accuracy vs layer, a line per
 target, chance dotted) into --output-dir, or into the run folder when TARGET is one run folder.
 
 Settings come from the first run folder's config.yaml (or the defaults), then key=value
-overrides: probe.tasks ([] = eval.tasks), probe.layers, probe.pooling, probe.train_share,
-probe.seed, probe.limit; batches and context length are eval.batch_size and eval.max_length.
+overrides: probe.tasks ([] = eval.tasks), probe.layers, probe.pooling, probe.cloze,
+probe.train_share, probe.seed, probe.limit; batches and context length are eval.batch_size and eval.max_length.
 
 example:
   peel probe testbed:base runs/testbed_lora testbed:filtered --output-dir probes/testbed
@@ -32,10 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from peel.config import ProbeConfig, help_lines
 
     parser.description = DESCRIPTION + "\n".join(help_lines(ProbeConfig(), prefix="probe."))
-    parser.add_argument("targets", nargs="+", metavar="TARGET", help="Run folders, model folders, hub ids or testbed:NAME.")
+    parser.add_argument("targets", nargs="+", metavar="TARGET", action=TargetsAndOverrides,
+                        help="Run folders, model folders, hub ids or testbed:NAME; then key=value overrides, "
+                             "e.g. probe.layers=[0,4,7].")
     parser.add_argument("--tasks", help="Comma-separated tasks, forget first (overrides probe.tasks).")
     parser.add_argument("--output-dir", help="Where probe.json and probe.png go (default: the run folder, for one run folder).")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. probe.layers=[0,4,7].")
+    parser.set_defaults(overrides=[])
+
+
+# `key=value` words are overrides unless they name an existing path (a sweep's run folders have '=' in their names).
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+class TargetsAndOverrides(argparse.Action):
+    """TARGET words and key=value words share the positional list (as in peel tamper): split them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        def is_override(word: str) -> bool:
+            return bool(OVERRIDE.match(word)) and not Path(word).exists()
+
+        namespace.targets = [word for word in values if not is_override(word)]
+        namespace.overrides = [*namespace.overrides, *(word for word in values if is_override(word))]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from peel.run_folder import check_writable
 
     overrides = list(args.overrides)
+    if not args.targets:
+        raise PeelError("give at least one TARGET (a run folder, a model folder, a hub id or testbed:NAME)")
     if args.tasks is not None:
         overrides.append(f"probe.tasks=[{args.tasks}]")
     targets = resolve_targets(args.targets, overrides)
