@@ -15,7 +15,8 @@ from peel import testbed
 # Fewer unlearning examples, short attacks and 20 questions per task keep this near a minute on 2 cores.
 REDUCED = ["data.num_examples=64", "tamper.steps=4", "tamper.eval_every=2", "tamper.num_examples=32", "eval.limit=20"]
 ATTACKS = ["few_shot=0", "few_shot=5", "adapter=full,lr=0.0002", "adapter=full,lr=0.001", "adapter=lora,lr=0.0002",
-           "adapter=lora,lr=0.001", "adapter=full,lr=0.001,path=testbedretain"]
+           "adapter=lora,lr=0.001", "adapter=full,lr=0.001,path=testbedretain",
+           "kind=quantize,bits=8", "kind=quantize,bits=4", "kind=orthogonalize,components=1"]
 
 
 @pytest.mark.skipif(not (testbed.ARTIFACTS / "base").is_dir(), reason="testbed artifacts not built")
