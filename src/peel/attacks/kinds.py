@@ -77,9 +77,8 @@ def description(name: str, settings: TamperConfig, options: Any) -> dict:
     """The settings that decide an attack's numbers, as flat JSON values: the kind's options, then
     the tamper keys it reads (all of one attack's, for fine-tuning)."""
     entry = KINDS[name]
-    own = to_dict(options) if options is not None else {}
-    if hasattr(options, "described"):  # a kind whose options read differently in its records
-        own = options.described()
+    # A kind whose options read differently in its records says how (few_shot's `few_shot: N`).
+    own = {} if options is None else options.described() if hasattr(options, "described") else to_dict(options)
     tamper = {key: value for key, value in flatten(to_dict(settings)).items() if key.split(".")[0] not in ("grid", "few_shot")}
     if entry.tamper_keys is not None:
         tamper = {key: value for key, value in tamper.items() if key.split(".")[0] in entry.tamper_keys}

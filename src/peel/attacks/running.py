@@ -8,7 +8,7 @@ peel sweep's --slurm settings) that writes its attack file and tamper.json itsel
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +37,6 @@ class Session:
     should_stop: Callable[[], str | None] | None = None
     original: Target | None = None
     dtype: str | None = None
-    _untouched_measured: list = field(default_factory=list)
 
     def accuracy(self, tasks: list[str], shots: int = 0) -> dict[str, float]:
         from peel.evaluation import evaluate

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
-from pathlib import Path
 
+from peel.commands.arguments import TargetsAndOverrides
 from peel.errors import PeelError
 
 HELP = "Linear probes and the logit lens at every layer: is the knowledge still in the hidden states?"
@@ -41,21 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", help="Comma-separated tasks, forget first (overrides probe.tasks).")
     parser.add_argument("--output-dir", help="Where probe.json and probe.png go (default: the run folder, for one run folder).")
     parser.set_defaults(overrides=[])
-
-
-# `key=value` words are overrides unless they name an existing path (a sweep's run folders have '=' in their names).
-OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
-
-
-class TargetsAndOverrides(argparse.Action):
-    """TARGET words and key=value words share the positional list (as in peel tamper): split them."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        def is_override(word: str) -> bool:
-            return bool(OVERRIDE.match(word)) and not Path(word).exists()
-
-        namespace.targets = [word for word in values if not is_override(word)]
-        namespace.overrides = [*namespace.overrides, *(word for word in values if is_override(word))]
 
 
 def run(args: argparse.Namespace) -> int:

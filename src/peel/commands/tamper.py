@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
+from peel.commands.arguments import TargetsAndOverrides
 from peel.errors import PeelError
 
-HELP = "Attack models with a grid of fine-tuning and few-shot attacks; report the worst case and its recovery."
+HELP = "Attack models with a grid of fine-tuning, few-shot, quantization and orthogonalization attacks; report the worst case."
 DESCRIPTION = """\
 Attack each TARGET (a run folder, a model folder, a hub id or testbed:NAME) with every attack of
 a grid and report the worst case: at each evaluated step, each task's highest accuracy over the
@@ -66,8 +66,6 @@ examples:
 Attack keys (tamper.key = default (range)), overridable as key=value; evaluation uses
 eval.batch_size, eval.max_length, eval.limit:
 """
-# `key=value` words are overrides unless they name an existing path (a sweep's run folders have '=' in their names).
-OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,14 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Submit one Slurm job per attack with this setting (as peel sweep); repeatable.")
     parser.add_argument("--force", action="store_true", help="Attack again where a folder holds attacks with other settings.")
     parser.set_defaults(overrides=[])
-
-
-class TargetsAndOverrides(argparse.Action):
-    """TARGET words and key=value words share the positional list: split them as they are parsed."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        namespace.targets = [word for word in values if not is_override(word)]
-        namespace.overrides = [*namespace.overrides, *(word for word in values if is_override(word))]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,10 +138,6 @@ def track(plan, document: dict) -> None:
     if config.track.to:
         curves = {attack["name"]: attack["curve"] for attack in document["attacks"]}
         tracking.log_curves(config.track, to_dict(config), plan.folder, {**curves, "worst_case": document["worst_case"]})
-
-
-def is_override(word: str) -> bool:
-    return bool(OVERRIDE.match(word)) and not Path(word).exists()
 
 
 def has_all(baseline: dict | None, tasks: list[str]) -> bool:

@@ -58,14 +58,20 @@ def label(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", short)
 
 
+def distinct_labels(names: list[str]) -> list[str]:
+    """Each target's `label`, refused when two targets would share one (their results would mix)."""
+    labels = [label(name) for name in names]
+    if len(set(labels)) < len(labels):
+        raise PeelError(f"targets {names} share a name ({labels}); accepted: targets whose last path parts differ")
+    return labels
+
+
 def output_folders(targets: list[Target], names: list[str], output_dir: str | None, command: str) -> list[Path]:
     """One folder per target, each checked writable: with one target as `output_folder`; with
     several, OUTPUT/<label> under --output-dir, or each run folder itself."""
     if len(targets) == 1:
         return [output_folder(targets[0], output_dir, command)]
-    labels = [label(name) for name in names]
-    if len(set(labels)) < len(labels):
-        raise PeelError(f"targets {names} share a name ({labels}); accepted: targets whose last path parts differ")
+    labels = distinct_labels(names)
     if output_dir is None:
         return [output_folder(target, None, command) for target in targets]
     from peel.run_folder import check_writable

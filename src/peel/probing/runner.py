@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peel.errors import PeelError
 from peel.probing.features import read_task
 from peel.probing.lens import lens_accuracy
 from peel.probing.linear import PROBES, answers_seen, chance, probe_accuracy, probe_kind, question_split
@@ -52,25 +51,16 @@ def probed_layers(target, setting, key: str = "probe.layers") -> list[int]:
     return sorted(target_layers(setting, num_layers, key))
 
 
-def labels_of(names: list[str]) -> list[str]:
-    from peel.evaluation.targets import label
-
-    labels = [label(name) for name in names]
-    if len(set(labels)) < len(labels):
-        raise PeelError(f"targets {names} share a name ({labels}); accepted: targets whose last path parts differ")
-    return labels
-
-
 def probe_targets(targets: list, names: list[str], folder: str | Path) -> dict:
     """Probe each target (peel.evaluation.targets.Target, as resolve_targets gives them; `names` as
     the user wrote them) with the first target's probe settings (probe.tasks empty = eval.tasks;
     batches and length as eval.batch_size / eval.max_length); writes FOLDER/probe.json and
     FOLDER/probe.png and returns probe.json's document."""
-    from peel.evaluation.targets import load_target_model
+    from peel.evaluation.targets import distinct_labels, load_target_model
     from peel.plots import plot_probe
 
     settings, evaluation = targets[0].config.probe, targets[0].config.eval
-    labels = labels_of(names)
+    labels = distinct_labels(names)
     layers = {label: probed_layers(target, settings.layers) for label, target in zip(labels, targets)}
     tasks = load_tasks(settings.tasks or evaluation.tasks, settings.limit)
     splits = {task.name: question_split(len(task.questions), settings.train_share, settings.seed) for task in tasks}
