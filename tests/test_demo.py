@@ -13,7 +13,8 @@ import pytest
 from peel import testbed
 
 # Fewer unlearning examples, short attacks and 20 questions per task keep this near a minute on 2 cores.
-REDUCED = ["data.num_examples=64", "tamper.steps=4", "tamper.eval_every=2", "tamper.num_examples=32", "eval.limit=20"]
+REDUCED = ["data.num_examples=64", "tamper.steps=4", "tamper.eval_every=2", "tamper.num_examples=32", "eval.limit=20",
+           "probe.limit=40"]
 ATTACKS = ["few_shot=0", "few_shot=5", "adapter=full,lr=0.0002", "adapter=full,lr=0.001", "adapter=lora,lr=0.0002",
            "adapter=lora,lr=0.001", "adapter=full,lr=0.001,path=testbedretain",
            "kind=quantize,bits=8", "kind=quantize,bits=4", "kind=orthogonalize,components=1"]
@@ -30,10 +31,24 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     summary = json.loads((output / "summary.json").read_text())
-    assert set(summary) == {"models", "tamper", "attacks", "resistance", "wall_seconds"}
+    assert set(summary) == {"models", "probe", "tamper", "attacks", "resistance", "wall_seconds"}
     assert set(summary["models"]) == {"base", "filtered", "unlearned"}
     for row in summary["models"].values():
         assert set(row) == {"forget_acc", "retain_acc"} and all(0 <= value <= 1 for value in row.values())
+
+    # Every model probed at every layer, on the demo's tasks; the summary keeps each reader's best layer.
+    probes = json.loads((output / "probe" / "probe.json").read_text())
+    assert list(probes["targets"]) == ["base", "unlearned", "filtered"]
+    assert probes["tasks"] == ["testbed_forget", "testbed_retain"]
+    assert set(summary["probe"]["models"]) == set(summary["models"])
+    for name, entry in probes["targets"].items():
+        assert [row["layer"] for row in entry["probe"]] == list(range(8))
+        for key, task in (("forget_acc", "testbed_forget"), ("retain_acc", "testbed_retain")):
+            best = summary["probe"]["models"][name][key]["lens"]
+            assert best["accuracy"] == max(row[task] for row in entry["logit_lens"])
+            assert entry["logit_lens"][best["layer"]][task] == best["accuracy"]
+    assert summary["probe"]["chance"] == {"forget_acc": probes["chance"]["testbed_forget"], "retain_acc": probes["chance"]["testbed_retain"]}
+    assert (output / "probe" / "probe.png").stat().st_size > 0
     assert set(summary["tamper"]) == set(summary["attacks"]) == set(summary["resistance"]) == {"unlearned", "filtered"}
     for name, curve in summary["tamper"].items():  # the worst case over the attacks, in the rows of earlier demos
         assert [point["step"] for point in curve] == [0, 2, 4]
@@ -46,7 +61,9 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
     assert summary["models"]["unlearned"]["forget_acc"] == summary["attacks"]["unlearned"][0]["curve"][0]["forget_acc"]
     assert summary["wall_seconds"] > 0
     assert summary["models"]["unlearned"]["forget_acc"] < summary["models"]["base"]["forget_acc"]
-    assert (output / "summary.md").read_text().startswith("| model |")
+    markdown = (output / "summary.md").read_text()
+    assert markdown.startswith("| model | forget accuracy | retain accuracy | forget probe")
+    assert "Probes (best layer" in markdown and "| Chance |" in markdown
     assert (output / "tamper.png").stat().st_size > 0
     assert (output / "unlearn" / "model").is_dir() and (output / "filtered" / "tamper.json").is_file()
 

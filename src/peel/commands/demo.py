@@ -18,13 +18,15 @@ Run peel end to end on a built-in scenario (no GPU, no downloads once installed)
      on its forget and retain tasks;
   2. unlearn base with the config (default configs/SCENARIO_lora.yaml) through the engine;
   3. evaluate the unlearned model;
-  4. attack the unlearned model and any reference model (filtered) with the config's attack grid
+  4. probe every model at every layer (peel probe: a linear probe and the logit lens on the
+     forget and retain questions; DIR/probe/probe.json and probe.png);
+  5. attack the unlearned model and any reference model (filtered) with the config's attack grid
      (the testbed's: full and LoRA fine-tuning on testbed:tamper at two learning rates, a benign
      attack on testbed:retain, 0- and 5-shot prompts; the elements': full fine-tuning on
      elements:tamper; both: 8- and 4-bit weights and one direction per layer projected out,
      estimated against the base model), forget and retain accuracy every tamper.eval_every
      steps, and take the worst case over the attacks;
-  5. write DIR/summary.json, DIR/summary.md and DIR/tamper.png (the unlearning run is DIR/unlearn,
+  6. write DIR/summary.json, DIR/summary.md and DIR/tamper.png (the unlearning run is DIR/unlearn,
      which gets the unlearned model's attacks and tamper.json; a reference model's are in
      DIR/NAME, e.g. DIR/filtered).
 
@@ -102,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     evaluations["unlearned"] = evaluate_model(unlearned_path, tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit)
     print(f"unlearned: {format_row(summary_row(evaluations['unlearned'], tasks))}", flush=True)
     models = {name: summary_row(results, tasks) for name, results in evaluations.items()}
+    probes = probe_models({"base": scenario.base, "unlearned": unlearned_path, **scenario.references}, config, tasks,
+                          output / "probe")
 
     # The unlearning run folder gets what `peel eval` and `peel tamper` would have written, so
     # `peel report DIR/unlearn` shows its accuracies against the base model and its attacks.
@@ -110,9 +114,10 @@ def run(args: argparse.Namespace) -> int:
                **{name: (model_name, output / name) for name, model_name in scenario.references.items()}}
     documents = attack_models(targets, config, evaluations["base"]["accuracy"], scenario.base, args.overrides)
 
-    summary = {"models": models, **attack_summary(documents, tasks), "wall_seconds": round(time.time() - started, 1)}
+    summary = {"models": models, "probe": probe_summary(probes, tasks), **attack_summary(documents, tasks),
+               "wall_seconds": round(time.time() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (output / "summary.md").write_text(markdown(summary))
+    (output / "summary.md").write_text(markdown(summary, probes))
     plot_tamper(documents, output / "tamper.png")
     print((output / "summary.md").read_text())
     print(f"demo finished in {summary['wall_seconds']:.0f}s: {output}")
@@ -129,6 +134,38 @@ def evaluate_model(name_or_path: str, tasks: dict[str, str], batch_size: int, ma
 
 def summary_row(results: dict, tasks: dict[str, str]) -> dict[str, float]:
     return {key: results["accuracy"][task] for key, task in tasks.items()}
+
+
+def probe_models(models: dict[str, str], config, tasks: dict[str, str], folder: Path) -> dict:
+    """peel probe on the demo's models (label -> model path or scenario name), on the demo's tasks
+    with the config's probe settings; writes FOLDER/probe.json and probe.png, returns the document."""
+    from dataclasses import replace
+
+    from peel.evaluation.targets import Target
+    from peel.probing.runner import probe_targets
+
+    probing = replace(config, probe=replace(config.probe, tasks=list(tasks.values())))
+    targets = [Target(model, None, probing) for model in models.values()]
+    document = probe_targets(targets, list(models.values()), folder, labels=list(models))
+    print(f"probes: {folder / 'probe.json'}", flush=True)
+    return document
+
+
+def probe_summary(document: dict, tasks: dict[str, str]) -> dict:
+    """summary.json's "probe": the chance level per task and, per model and task, the best layer's
+    held-out probe accuracy and the best layer's logit-lens accuracy (tasks renamed by `tasks`)."""
+    from peel.probing.record import best_layer
+
+    def best(rows: list[dict], task: str) -> dict:
+        layer, accuracy = best_layer(rows, task)
+        return {"accuracy": accuracy, "layer": layer}
+
+    return {
+        "chance": {key: document["chance"][task] for key, task in tasks.items()},
+        "models": {name: {key: {"probe": best(entry["probe"], task), "lens": best(entry["logit_lens"], task)}
+                          for key, task in tasks.items()}
+                   for name, entry in document["targets"].items()},
+    }
 
 
 def attack_models(targets: dict[str, tuple[str, Path]], config, baseline: dict[str, float], original: str,
@@ -175,10 +212,21 @@ def format_row(row: dict[str, float]) -> str:
     return " ".join(f"{key} {value:.3f}" for key, value in row.items())
 
 
-def markdown(summary: dict) -> str:
-    lines = ["| model | forget accuracy | retain accuracy |", "|---|---|---|"]
+def markdown(summary: dict, probes: dict) -> str:
+    """summary.md: one row per model (accuracies, where its hidden states still hold the forget
+    answers, its worst case under attack), then the probes, the worst case and each attack."""
+    lines = ["| model | forget accuracy | retain accuracy | forget probe, best layer | forget lens, best layer | worst case under attack |",
+             "|---|---|---|---|---|---|"]
     for name, row in summary["models"].items():
-        lines.append(f"| {name} | {row['forget_acc']:.3f} | {row['retain_acc']:.3f} |")
+        readers = summary["probe"]["models"][name]["forget_acc"]
+        probe, lens = (f"{readers[key]['accuracy']:.3f} (L{readers[key]['layer']})" for key in ("probe", "lens"))
+        attacked = summary["resistance"].get(name)
+        worst = "-" if attacked is None else f"{attacked['worst']:.3f} ({attacked['worst_attack']})"
+        lines.append(f"| {name} | {row['forget_acc']:.3f} | {row['retain_acc']:.3f} | {probe} | {lens} | {worst} |")
+    from peel.report import probe_table
+
+    lines += ["", "Probes (best layer L of each reader; the probe on held-out questions, the lens through the final norm "
+              "and unembedding; every layer in probe/probe.json and probe/probe.png):", "", *probe_table(probes)]
     budget = max(row["step"] for rows in summary["tamper"].values() for row in rows)
     lines += ["", f"Tamper resistance (forget accuracy; worst case over each model's attacks within {budget} steps):", "",
               "| model | step 0 | worst | worst attack (step) | 50% back | 90% back | retain there |", "|---|---|---|---|---|---|---|"]

@@ -51,16 +51,17 @@ def probed_layers(target, setting, key: str = "probe.layers") -> list[int]:
     return sorted(target_layers(setting, num_layers, key))
 
 
-def probe_targets(targets: list, names: list[str], folder: str | Path) -> dict:
+def probe_targets(targets: list, names: list[str], folder: str | Path, labels: list[str] | None = None) -> dict:
     """Probe each target (peel.evaluation.targets.Target, as resolve_targets gives them; `names` as
     the user wrote them) with the first target's probe settings (probe.tasks empty = eval.tasks;
     batches and length as eval.batch_size / eval.max_length); writes FOLDER/probe.json and
-    FOLDER/probe.png and returns probe.json's document."""
+    FOLDER/probe.png and returns probe.json's document. `labels` name the targets in probe.json
+    (default: each name's last part, which must differ)."""
     from peel.evaluation.targets import distinct_labels, load_target_model
     from peel.plots import plot_probe
 
     settings, evaluation = targets[0].config.probe, targets[0].config.eval
-    labels = distinct_labels(names)
+    labels = distinct_labels(names) if labels is None else labels
     layers = {label: probed_layers(target, settings.layers) for label, target in zip(labels, targets)}
     tasks = load_tasks(settings.tasks or evaluation.tasks, settings.limit)
     splits = {task.name: question_split(len(task.questions), settings.train_share, settings.seed) for task in tasks}
