@@ -88,6 +88,16 @@ def test_the_direction_planted_in_one_layer_is_the_one_found_there_and_projected
     assert (outputs["hidden"] @ found[layer][0]).abs().max() < 1e-4
 
 
+def test_directions_are_found_only_at_the_layers_asked_for(world):
+    original, tokenizer = loaded(world["model"])
+    model = copy.deepcopy(original)
+    with torch.no_grad():  # every layer's output differs from the original's from layer 0 on
+        find_anatomy(model).layers[0].mlp.dense_4h_to_h.bias += 1.0
+    examples = tokenizer(["the virus spreads through bats and mice"], add_special_tokens=False)["input_ids"]
+    found = directions(model, original, examples, tokenizer.pad_token_id, components=1, layers=[1])
+    assert list(found) == [1] and found[1].abs().sum() > 0
+
+
 def test_a_grid_of_quantize_and_orthogonalize_attacks_writes_one_row_curves_and_their_worst_case(world):
     grid = "tamper.grid=[{kind: quantize, bits: 4}, {kind: quantize, bits: 16}, {kind: orthogonalize, components: 2}]"
     command = ["tamper", world["model"], "--output-dir", str(world["out"]), "--baseline", world["model"],
@@ -118,12 +128,22 @@ def test_an_orthogonalize_attack_without_an_original_model_is_refused_before_any
     assert not world["out"].exists()
 
 
+def test_orthogonalize_layers_outside_the_model_are_refused_before_anything_loads(world, capsys):
+    command = ["tamper", world["model"], "--output-dir", str(world["out"]), "--baseline", world["model"], *SMALL,
+               world["data"], "tamper.grid=[{kind: orthogonalize, layers: [1, 9]}]"]
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "attack 'kind=orthogonalize,layers=1-9' layers contains layer 9; the model has layers 0..1" in error
+    assert error.count("\n") == 1 and not world["out"].exists()
+
+
 @pytest.mark.parametrize("grid, message", [
     ("[{kind: prune}]", "'tamper.grid[0].kind' got 'prune'; accepted: " + ", ".join(kinds.KINDS)),
     ("[{kind: quantize, bits: 5}]", "'tamper.grid[0].bits' got 5; accepted: 2, 3, 4, 8, 16"),
     ("[{kind: quantize, bits: 4, lr: 1e-3}]", "unknown config key 'tamper.grid[0].lr' for kind quantize"),
     ("[{kind: quantize, group_size: -1}]", "'tamper.grid[0].group_size' got -1"),
     ("[{kind: orthogonalize, components: 0}]", "'tamper.grid[0].components' got 0"),
+    ("[{kind: orthogonalize, layers: [-1]}]", "'tamper.grid[0].layers[0]' got -1"),
 ])
 def test_bad_attack_kinds_and_options_are_one_line_errors(world, grid, message, capsys):
     assert main(["tamper", world["model"], "--output-dir", str(world["out"]), *SMALL, f"tamper.grid={grid}"]) == 2

@@ -29,6 +29,7 @@ class Kind:
     untouched: Callable[[dict], bool]  # from a record's settings: is step 0 of its curve the model as it is?
     corpus: Callable | None = None  # (Attack) -> (DataSource, examples, seed, required) it reads, found before loading
     needs_original: bool = False  # it compares the target with the model it was made from
+    check: Callable | None = None  # (options, num_layers, where) -> None: refuses options the target's model cannot take
 
 
 KINDS = {
@@ -36,7 +37,8 @@ KINDS = {
     "few_shot": Kind(few_shot.Options, ("tasks", "dtype"), few_shot.run, few_shot.untouched),
     "quantize": Kind(quantize.Options, ("tasks", "dtype"), quantize.run, quantize.untouched),
     "orthogonalize": Kind(orthogonalize.Options, ("tasks", "dtype", "data", "max_length", "seed"),
-                          orthogonalize.run, orthogonalize.untouched, orthogonalize.corpus, needs_original=True),
+                          orthogonalize.run, orthogonalize.untouched, orthogonalize.corpus, needs_original=True,
+                          check=orthogonalize.check),
 }
 
 

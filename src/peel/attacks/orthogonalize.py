@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peel.config import AT_LEAST_ONE, option
+from peel.config import AT_LEAST_ONE, NON_NEGATIVE, LayerRange, option
 
 BATCH_SIZE = 8  # texts per estimation pass
 RELATIVE_FLOOR = 1e-9  # eigenvalues below this share of the largest are rounding, not directions
@@ -25,18 +25,32 @@ RELATIVE_FLOOR = 1e-9  # eigenvalues below this share of the largest are roundin
 class Options:
     components: int = option(1, "Directions removed at each layer (top principal components of the differences).", AT_LEAST_ONE)
     num_examples: int = option(64, "Texts of tamper.data the directions are estimated on (fewer if the corpus has fewer).", AT_LEAST_ONE)
+    layers: list[int] | LayerRange = option(
+        LayerRange(start=None, end=0, step=1),
+        "Layers whose outputs lose their directions, as in unlearn.layers: {start, end, step} or a list; default every layer.",
+        NON_NEGATIVE,
+    )
 
 
-def directions(model, original, examples: list[list[int]], pad_token_id: int, components: int) -> dict:
+def check(options: Options, num_layers: int, where: str) -> None:
+    """Before any model loads: the layers exist in the attacked model."""
+    from peel.schedules import target_layers
+
+    target_layers(options.layers, num_layers, f"{where} layers")
+
+
+def directions(model, original, examples: list[list[int]], pad_token_id: int, components: int,
+               layers: list[int] | None = None) -> dict:
     """layer -> [components, hidden] orthonormal rows: the top right singular vectors of the
-    per-token hidden-state differences at that layer, over the real tokens of `examples`."""
+    per-token hidden-state differences at that layer, over the real tokens of `examples`, for each
+    of `layers` (default every layer)."""
     import torch
 
     from peel.data import collate
     from peel.models import find_anatomy, hidden_states
 
     anatomy, reference = find_anatomy(model), find_anatomy(original)
-    layers = list(range(anatomy.num_layers))
+    layers = sorted(range(anatomy.num_layers) if layers is None else layers)
     device = next(model.parameters()).device
     grams: dict[int, torch.Tensor] = {}
     with torch.no_grad():
@@ -91,12 +105,15 @@ def corpus(attack) -> tuple:
 
 def run(attack, session) -> dict:
     from peel.data import load_texts, tokenize
+    from peel.models import find_anatomy
+    from peel.schedules import target_layers
 
     settings = attack.settings
     texts = load_texts(settings.data, attack.options.num_examples, settings.seed, required=False)
     examples = tokenize(texts, session.tokenizer, settings.max_length)
     original = session.load_original()
-    found = directions(session.model, original, examples, session.tokenizer.pad_token_id, attack.options.components)
+    layers = target_layers(attack.options.layers, find_anatomy(session.model).num_layers, "orthogonalize.layers")
+    found = directions(session.model, original, examples, session.tokenizer.pad_token_id, attack.options.components, layers)
     del original
     project_out(session.model, found)  # the session's model is this attack's alone
     return {"curve": [{"step": 0, **session.accuracy(settings.tasks)}]}

@@ -71,7 +71,20 @@ def plan_attacks(names: list[str], overrides: list[str], grid_items: list[str], 
     folders += [home / "compare" / label(name) for name in compared]
     source = baseline_source(targets, config, baseline_model)
     check_original(attacks, source["model"], "give --baseline MODEL, the model the targets were made from")
+    check_models(attacks, targets)
     return [TargetPlan(target, folder, attacks, source, source["model"]) for target, folder in zip(targets, folders)]
+
+
+def check_models(attacks: list[Attack], targets: list[Target]) -> None:
+    """Options that depend on the attacked model (layers that must exist), checked against each
+    target's model config before any weights load."""
+    from peel.evaluation.targets import target_num_layers
+
+    checked = [attack for attack in attacks if kinds.KINDS[attack.kind].check is not None]
+    for target in targets if checked else []:
+        num_layers = target_num_layers(target)
+        for attack in checked:
+            kinds.KINDS[attack.kind].check(attack.options, num_layers, f"attack {attack.name!r}")
 
 
 def check_original(attacks: list[Attack], original: str | None, remedy: str) -> None:

@@ -83,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if config.tamper.tasks != list(tasks.values()):
         raise PeelError(f"tamper.tasks={config.tamper.tasks}; the demo's summary reads {list(tasks.values())} (forget, then retain)")
     from peel.run_folder import check_writable
-    from peel.attacks.plan import grid_attacks
+    from peel.attacks.plan import check_models, grid_attacks
+    from peel.evaluation.targets import Target
 
-    grid_attacks(config, [], args.overrides)  # the attack settings, checked before anything runs
+    # The attack settings, checked before anything runs (the base model has the attacked models' layers).
+    check_models(grid_attacks(config, [], args.overrides), [Target(scenario.base, None, config)])
     check_writable(output, "--output-dir")
     output.mkdir(parents=True, exist_ok=True)
     evaluation = config.eval

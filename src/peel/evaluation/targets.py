@@ -91,6 +91,15 @@ def output_folder(target: Target, output_dir: str | None, command: str) -> Path:
     raise PeelError(f"peel {command} on a model folder or hub id needs --output-dir (only run folders have a home)")
 
 
+def target_num_layers(target: Target) -> int:
+    """The number of decoder layers of the target's model, from its config alone (no weights load)."""
+    from peel.models import load_model_config
+
+    model = target.config.model
+    config = load_model_config(target.model, model.revision if target.run_folder is None else None, model.trust_remote_code)
+    return getattr(config, "num_hidden_layers", None) or getattr(config.get_text_config(), "num_hidden_layers")
+
+
 def load_target_model(target: Target, dtype: str | None = None):
     """Model and tokenizer on the GPU when there is one, in `dtype` or the run's training dtype."""
     import torch

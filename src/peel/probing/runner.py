@@ -42,13 +42,10 @@ def question_counts(task: ProbeTask, kind: str, train, test) -> dict:
 
 def probed_layers(target, setting, key: str = "probe.layers") -> list[int]:
     """The layers `setting` names for the target's model, from its config alone, front to back."""
-    from peel.models import load_model_config
+    from peel.evaluation.targets import target_num_layers
     from peel.schedules import target_layers
 
-    model = target.config.model
-    config = load_model_config(target.model, model.revision if target.run_folder is None else None, model.trust_remote_code)
-    num_layers = getattr(config, "num_hidden_layers", None) or getattr(config.get_text_config(), "num_hidden_layers")
-    return sorted(target_layers(setting, num_layers, key))
+    return sorted(target_layers(setting, target_num_layers(target), key))
 
 
 def probe_targets(targets: list, names: list[str], folder: str | Path, labels: list[str] | None = None) -> dict:
