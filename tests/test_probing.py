@@ -173,3 +173,66 @@ def test_overrides_may_sit_among_the_targets():
     args = parse(["probe", "testbed:base", "probe.layers=[1]", "runs/a", "--output-dir", "out", "probe.seed=2"])
     assert args.targets == ["testbed:base", "runs/a"] and args.output_dir == "out"
     assert args.overrides == ["probe.layers=[1]", "probe.seed=2"]
+
+
+def test_depth_is_the_original_before_the_changed_layer_and_the_target_from_it_on(testbed_base):
+    """A target that differs from its original in one layer's output only: finished by the
+    original's later layers, its states before that layer give the original's scores, and from that
+    layer on the target's own (the original's later layers are the target's)."""
+    import copy
+
+    from peel.models import find_anatomy
+    from peel.probing.tasks import load_tasks
+
+    original, tokenizer = testbed_base
+    changed = 4
+    target = copy.deepcopy(original)
+    with torch.no_grad():
+        find_anatomy(target).layers[changed].mlp.dense_4h_to_h.bias += torch.randn(
+            original.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    (task,) = load_tasks(["testbed_forget"], limit=12)
+    layers = list(range(8))
+    target_readout = read_task(target, tokenizer, task, layers, "last", True, 16, 256, original=original)
+    original_scores = read_task(original, tokenizer, task, [7], "last", True, 16, 256).lens_scores[7]
+    target_scores = target_readout.lens_scores[7]
+    assert not np.allclose(original_scores, target_scores, atol=1e-3)  # the change shows in the output
+    for layer in layers:
+        expected = original_scores if layer < changed else target_scores
+        np.testing.assert_allclose(target_readout.depth_scores[layer], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_peel_probe_reads_a_run_folders_depth_against_the_model_it_unlearned(tmp_path, capsys):
+    from peel.cli import main
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    from peel.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer("testbed:base", dtype="float32")
+    model.save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    (run / "config.yaml").write_text("model: {name_or_path: 'testbed:base'}\ntrain: {dtype: float32}\n")
+    status = main(["probe", str(run), "testbed:filtered", "--tasks", "testbed_forget", "--output-dir", str(tmp_path / "p"),
+                   "probe.limit=12", "probe.layers=[2, 6]"])
+    assert status == 0, capsys.readouterr().err
+    document = json.loads((tmp_path / "p" / "probe.json").read_text())
+    unlearned, filtered = document["targets"]["run"], document["targets"]["testbed_filtered"]
+    assert unlearned["original"] == "testbed:base" and "depth" not in filtered
+    # the "run" is the original itself: finished by its own later layers, every layer gives its own output
+    assert [row["testbed_forget"] for row in unlearned["depth"]] == [unlearned["logit_lens"][-1]["testbed_forget"]] * 2
+    assert "depth" in capsys.readouterr().out
+
+
+def test_the_depth_reader_refuses_an_original_of_another_shape(tmp_path, capsys):
+    from peel.cli import main
+
+    from tiny_lm import save_tiny_model
+
+    other = save_tiny_model(tmp_path / "other")
+    capsys.readouterr()  # the save's progress bar
+    status = main(["probe", "testbed:base", "--tasks", "testbed_forget", "--output-dir", str(tmp_path / "p"),
+                   "--baseline", other, "probe.limit=12"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "accepted: an original the target was made from" in error and error.count("\n") == 1
+    assert not (tmp_path / "p").exists()

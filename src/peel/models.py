@@ -318,6 +318,11 @@ def layer_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def with_layer_output(output, hidden: torch.Tensor):
+    """A decoder layer's output in the same form, its hidden state replaced by `hidden`."""
+    return (hidden, *output[1:]) if isinstance(output, (tuple, list)) else hidden
+
+
 @contextlib.contextmanager
 def truncated(anatomy: Anatomy, num_layers: int) -> Iterator[None]:
     """Run only the first `num_layers` decoder layers: the rest of the stack is never computed."""

@@ -92,17 +92,23 @@ def plot_phase_accuracy(evaluations: list[dict], path: str | Path, baseline: dic
 
 def plot_probe(document: dict, path: str | Path) -> Path:
     """Accuracy vs layer from probe.json: a column per task, the linear probe's held-out accuracy in
-    the top row and the logit lens's in the bottom one, a line per target, chance dotted."""
+    the top row, the logit lens's below it and, when some target has one, the depth reader's at the
+    bottom; a line per target, chance dotted."""
     pyplot = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     tasks = document["tasks"]
-    figure, axes = pyplot.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 8), squeeze=False, sharey=True)
+    readers = [("probe", "linear probe (held out)"), ("logit_lens", "logit lens")]
+    if any("depth" in entry for entry in document["targets"].values()):
+        readers.append(("depth", "depth: original's layers after it"))
+    figure, axes = pyplot.subplots(len(readers), len(tasks), figsize=(5.5 * len(tasks), 4 * len(readers)), squeeze=False, sharey=True)
     for column, task in enumerate(tasks):
-        for row, (key, title) in enumerate((("probe", "linear probe (held out)"), ("logit_lens", "logit lens"))):
+        for row, (key, title) in enumerate(readers):
             axis = axes[row][column]
             for name, entry in document["targets"].items():
-                points = [(point["layer"], point[task]) for point in entry[key] if task in point]
+                points = [(point["layer"], point[task]) for point in entry.get(key, []) if task in point]
+                if not points:
+                    continue
                 axis.plot([layer for layer, _ in points], [value for _, value in points], marker="o", label=name)
             chance = document["chance"].get(task)
             if chance is not None:

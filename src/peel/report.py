@@ -322,17 +322,23 @@ def probe_table(document: dict) -> list[str]:
     from peel.probing.record import best_layer
 
     tasks = document.get("tasks") or list(document["chance"])
-    rows = [["Model", *(f"{TASK_TITLES.get(task, task)} {what}" for task in tasks for what in ("probe", "lens"))]]
+    readers = {"probe": "probe", "logit_lens": "lens"}
+    if any("depth" in entry for entry in document["targets"].values()):
+        readers["depth"] = "depth"
+    rows = [["Model", *(f"{TASK_TITLES.get(task, task)} {what}" for task in tasks for what in readers.values())]]
     rows.append(["Chance", *(f"{document['chance'][task]:.3f}" if task in document["chance"] else "-"
-                             for task in tasks for _ in range(2))])
+                             for task in tasks for _ in readers)])
     for name, entry in document["targets"].items():
         cells = []
         for task in tasks:
-            for key in ("probe", "logit_lens"):
-                best = best_layer(entry[key], task)
+            for key in readers:
+                best = best_layer(entry.get(key, []), task)
                 cells.append("-" if best is None else f"{best[1]:.3f} (L{best[0]})")
         rows.append([name, *cells])
     return table(rows)
+
+
+DEPTH_NOTE = "; depth: the layer's output finished by the original model's later layers and head"
 
 
 def probe_section(probes: dict[str, dict], plots: dict[str, list[str]]) -> list[str]:
@@ -341,7 +347,8 @@ def probe_section(probes: dict[str, dict], plots: dict[str, list[str]]) -> list[
         kinds = ", ".join(f"{task}: {kind}" for task, kind in document.get("kinds", {}).items())
         lines += [f"### {name}", "", *probe_table(document), "",
                   f"Best layer (L) of each; probe accuracy on held-out questions ({kinds}; pooling "
-                  f"{document.get('pooling', '-')}); lens: the layer read through the final norm and unembedding.", ""]
+                  f"{document.get('pooling', '-')}); lens: the layer read through the final norm and unembedding"
+                  f"{DEPTH_NOTE if any('depth' in entry for entry in document['targets'].values()) else ''}.", ""]
         lines += [f"![probe accuracy vs layer]({path})" for path in plots.get(f"probe:{name}", [])] + [""]
     return lines
 

@@ -85,11 +85,12 @@ def project_out(model, found: dict) -> list:
 
 
 def _projection(vectors):
+    from peel.models import layer_output, with_layer_output
+
     def hook(module, args, output):
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        hidden = layer_output(output)
         basis = vectors.to(hidden.device, hidden.dtype)
-        projected = hidden - (hidden @ basis.T) @ basis
-        return (projected, *output[1:]) if isinstance(output, (tuple, list)) else projected
+        return with_layer_output(output, hidden - (hidden @ basis.T) @ basis)
 
     return hook
 

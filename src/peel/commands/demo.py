@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"unlearned: {format_row(summary_row(evaluations['unlearned'], tasks))}", flush=True)
     models = {name: summary_row(results, tasks) for name, results in evaluations.items()}
     probes = probe_models({"base": scenario.base, "unlearned": unlearned_path, **scenario.references}, config, tasks,
-                          output / "probe")
+                          output / "probe", originals={"unlearned": scenario.base})
 
     # The unlearning run folder gets what `peel eval` and `peel tamper` would have written, so
     # `peel report DIR/unlearn` shows its accuracies against the base model and its attacks.
@@ -138,9 +138,10 @@ def summary_row(results: dict, tasks: dict[str, str]) -> dict[str, float]:
     return {key: results["accuracy"][task] for key, task in tasks.items()}
 
 
-def probe_models(models: dict[str, str], config, tasks: dict[str, str], folder: Path) -> dict:
+def probe_models(models: dict[str, str], config, tasks: dict[str, str], folder: Path, originals: dict[str, str]) -> dict:
     """peel probe on the demo's models (label -> model path or scenario name), on the demo's tasks
-    with the config's probe settings; writes FOLDER/probe.json and probe.png, returns the document."""
+    with the config's probe settings, the models named in `originals` (label -> the model it was
+    made from) also through the depth reader; writes FOLDER/probe.json and probe.png, returns the document."""
     from dataclasses import replace
 
     from peel.evaluation.targets import Target
@@ -148,14 +149,16 @@ def probe_models(models: dict[str, str], config, tasks: dict[str, str], folder: 
 
     probing = replace(config, probe=replace(config.probe, tasks=list(tasks.values())))
     targets = [Target(model, None, probing) for model in models.values()]
-    document = probe_targets(targets, list(models.values()), folder, labels=list(models))
+    made_from = [Target(originals[label], None, probing) if label in originals else None for label in models]
+    document = probe_targets(targets, list(models.values()), folder, labels=list(models), originals=made_from)
     print(f"probes: {folder / 'probe.json'}", flush=True)
     return document
 
 
 def probe_summary(document: dict, tasks: dict[str, str]) -> dict:
     """summary.json's "probe": the chance level per task and, per model and task, the best layer's
-    held-out probe accuracy and the best layer's logit-lens accuracy (tasks renamed by `tasks`)."""
+    held-out probe accuracy, the best layer's logit-lens accuracy and, for a model read by the
+    depth reader, its accuracy at each layer (tasks renamed by `tasks`)."""
     from peel.probing.record import best_layer
 
     def best(rows: list[dict], task: str) -> dict:
@@ -164,7 +167,9 @@ def probe_summary(document: dict, tasks: dict[str, str]) -> dict:
 
     return {
         "chance": {key: document["chance"][task] for key, task in tasks.items()},
-        "models": {name: {key: {"probe": best(entry["probe"], task), "lens": best(entry["logit_lens"], task)}
+        "models": {name: {key: {"probe": best(entry["probe"], task), "lens": best(entry["logit_lens"], task),
+                                **({"depth": [{"layer": row["layer"], "accuracy": row[task]} for row in entry["depth"]]}
+                                   if "depth" in entry else {})}
                           for key, task in tasks.items()}
                    for name, entry in document["targets"].items()},
     }

@@ -17,7 +17,10 @@ questions share their choices (A-D letters) is probed for the answer's index; on
 are per-question text (the testbed's cloze questions) for the answer's text as a class of the
 context's hidden state, its choices ranked by their classes' scores (probe.cloze=choice instead: a
 binary probe on context + choice, the highest-scoring choice counting as the answer). The split is fixed by probe.seed, the same for
-every target, so targets compare. Writes probe.json and probe.png (accuracy vs layer, a line per
+every target, so targets compare. For a target made from another model (a run folder: the model it
+unlearned; or --baseline MODEL), the depth reader also scores the task with the target's layer
+output finished by the original's later layers and head: where that still answers, the unlearning
+has not acted yet. Writes probe.json and probe.png (accuracy vs layer, a line per
 target, chance dotted) into --output-dir, or into the run folder when TARGET is one run folder.
 
 Settings come from the first run folder's config.yaml (or the defaults), then key=value
@@ -39,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "e.g. probe.layers=[0,4,7].")
     parser.add_argument("--tasks", help="Comma-separated tasks, forget first (overrides probe.tasks).")
     parser.add_argument("--output-dir", help="Where probe.json and probe.png go (default: the run folder, for one run folder).")
+    parser.add_argument("--baseline", metavar="MODEL",
+                        help="The model the targets were made from, for the depth reader (each target's layer output "
+                             "finished by MODEL's later layers); default: a run folder's own model. Not read for MODEL itself.")
     parser.set_defaults(overrides=[])
 
 
@@ -64,12 +70,29 @@ def run(args: argparse.Namespace) -> int:
     from peel.probing.record import PROBE_FILE
     from peel.probing.runner import probe_targets
 
-    document = probe_targets(targets, args.targets, folder)
+    originals = [depth_original(target, name, args.baseline, overrides) for target, name in zip(targets, args.targets)]
+    document = probe_targets(targets, args.targets, folder, originals=originals)
     for name, entry in document["targets"].items():
         for task in document["tasks"]:
             best = max(entry["probe"], key=lambda row: row[task])
             last = entry["logit_lens"][-1]
+            deepest = entry.get("depth", [{}])[0]  # the shallowest layer read: most of the original's layers
+            depth = f", depth {deepest[task]:.3f} (original from layer {deepest['layer'] + 1})" if task in deepest else ""
             print(f"{name} {task}: probe {best[task]:.3f} (layer {best['layer']}), "
-                  f"logit lens {last[task]:.3f} (layer {last['layer']}), chance {document['chance'][task]:.3f}")
+                  f"logit lens {last[task]:.3f} (layer {last['layer']}){depth}, chance {document['chance'][task]:.3f}")
     print(f"wrote {folder / PROBE_FILE} and {folder / 'probe.png'}")
     return 0
+
+
+def depth_original(target, name: str, baseline: str | None, overrides: list[str]):
+    """The model the depth reader finishes `target` with: --baseline (not for the baseline itself),
+    else the model a run folder unlearned, else none."""
+    from peel.evaluation.targets import Target, resolve_target
+    from peel.models import model_location
+
+    if baseline is not None:
+        return None if name == baseline else resolve_target(baseline, overrides)
+    if target.run_folder is None:
+        return None
+    model = target.config.model
+    return Target(model_location(model.name_or_path, model.gguf_file), None, target.config)

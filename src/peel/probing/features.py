@@ -41,6 +41,9 @@ class Readout:
     features: dict[int, np.ndarray]
     # layer -> [questions x choices]: each choice's log-likelihood read through the logit lens
     lens_scores: dict[int, np.ndarray]
+    # layer -> [questions x choices]: each choice's log-likelihood when the original model finishes
+    # the layer's output (depth.py); empty without an original
+    depth_scores: dict[int, np.ndarray]
 
 
 def encode(tokenizer, context: str, continuation: str) -> tuple[list[int], int]:
@@ -80,18 +83,22 @@ def batch_tensors(batch: list, pad: int, device) -> tuple[torch.Tensor, torch.Te
 
 
 def read_task(model, tokenizer, task: ProbeTask, layers: list[int], pooling: str, by_question: bool,
-              batch_size: int, max_length: int, description: str = "") -> Readout:
+              batch_size: int, max_length: int, description: str = "", original=None) -> Readout:
     """Features per layer: with `by_question`, one row per question pooled over its context; else one
-    row per (question, choice) pooled over context + choice. Lens scores: one per (question, choice)."""
+    row per (question, choice) pooled over context + choice. Lens scores, and with `original` (the
+    model the target was made from) depth scores: one per (question, choice)."""
     from peel.models import find_anatomy, hidden_states
+    from peel.probing.depth import spliced_scores
 
     anatomy = find_anatomy(model)
+    original_anatomy = None if original is None else find_anatomy(original)
     rows = sequences(tokenizer, task, max_length)
     # a question's context state is read from its first choice's sequence
     first_choice = {int(row): index for index, row in enumerate(np.cumsum([0] + [len(q.choices) for q in task.questions])[:-1])}
     width = anatomy.unembedding.weight.shape[1]
     features = {layer: np.zeros((len(task.questions) if by_question else len(rows), width), np.float32) for layer in layers}
     lens_scores = {layer: np.zeros(len(rows), np.float64) for layer in layers}
+    depth_scores = {} if original is None else {layer: np.zeros(len(rows), np.float64) for layer in layers}
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(rows, key=lambda row: -len(row[1]))  # longest first: little padding, memory errors at once
@@ -114,6 +121,9 @@ def read_task(model, tokenizer, task: ProbeTask, layers: list[int], pooling: str
                         features[layer][[first_choice[numbers[index]] for index in kept]] = pooled.cpu().numpy()
                     elif not by_question:
                         features[layer][numbers] = POOLINGS[pooling](hidden, torch.zeros_like(ends), ends).cpu().numpy()
+                if original_anatomy is not None:
+                    for layer, scores in spliced_scores(original_anatomy, states, ids, mask, contexts, ends).items():
+                        depth_scores[layer][numbers] = scores.cpu().numpy()
     finally:
         model.train(was_training)
-    return Readout(features, lens_scores)
+    return Readout(features, lens_scores, depth_scores)

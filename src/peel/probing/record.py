@@ -1,7 +1,8 @@
 """probe.json: what `peel probe` measured, per target and layer.
 
 {"targets": {NAME: {"model", "probe": [{"layer", TASK: held-out accuracy, ...}],
-                    "logit_lens": [{"layer", TASK: accuracy over every question, ...}]}},
+                    "logit_lens": [{"layer", TASK: accuracy over every question, ...}],
+                    ["original", "depth": [{"layer", TASK: accuracy with the original's later layers}]]}},
  "chance": {TASK: held-out accuracy of a probe that reads nothing}, "tasks",
  "kinds": {TASK: "label" | "answer" | "choice"} (linear.py),
  "questions": {TASK: {"train", "held_out"[, "answer_seen"]}}, "pooling", "train_share", "seed", "limit"}
