@@ -110,6 +110,12 @@ class ChatSource:
     fraction: float = option(
         0.25, "Share of the retain examples taken from the chat data, rendered with the chat template.", FRACTION
     )
+    template: Literal["plain"] | None = option(
+        None,
+        "Chat template for a tokenizer that has none (a base model's, such as deep-ignorance-unfiltered): plain = "
+        "each turn as 'User: ...' / 'Assistant: ...' followed by a blank line; null = the tokenizer's own, and a "
+        "tokenizer without one is refused. A tokenizer's own template always wins.",
+    )
 
 
 @dataclass
