@@ -272,6 +272,7 @@ def evaluate_baseline(config: Config, model, tokenizer, device) -> dict | None:
         settings.max_length,
         compute=lambda: evaluate_with(model.to(device), tokenizer, settings),
         revision=config.model.revision,
+        include_path=settings.include_path,
     )
 
 

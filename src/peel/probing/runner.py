@@ -62,7 +62,7 @@ def probe_targets(targets: list, names: list[str], folder: str | Path) -> dict:
     settings, evaluation = targets[0].config.probe, targets[0].config.eval
     labels = distinct_labels(names)
     layers = {label: probed_layers(target, settings.layers) for label, target in zip(labels, targets)}
-    tasks = load_tasks(settings.tasks or evaluation.tasks, settings.limit)
+    tasks = load_tasks(settings.tasks or evaluation.tasks, settings.limit, evaluation.include_path)
     splits = {task.name: question_split(len(task.questions), settings.train_share, settings.seed) for task in tasks}
     kinds = {task.name: probe_kind(task, settings.cloze) for task in tasks}
     document = {
