@@ -34,8 +34,9 @@ Run peel end to end on a built-in scenario (no GPU, no downloads once installed)
   peel demo --output-dir runs/quick data.num_examples=64 tamper.steps=20 eval.limit=50   # key=value overrides
 """
 
-# The repository's configs folder (the demo is run from a clone, as the README says).
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+# The configs are package data (src/peel/configs; a clone's top-level configs/ is a link to it),
+# so the demo runs from an installed package as well as from a clone.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,23 @@ SCENARIOS = {
 }
 
 
+def demo_config(given: str | None, scenario: DemoScenario, name: str) -> str:
+    """The config file: the scenario's default, a file at `given`, or a packaged config named by
+    `given` as the README writes it (configs/testbed_full.yaml) where no such file is at hand."""
+    if given is None:
+        return str(scenario.config)
+    if Path(given).is_file():
+        return given
+    packaged = CONFIGS / Path(given).name
+    if Path(given).parent in (Path("."), Path("configs")) and packaged.is_file():
+        return str(packaged)
+    raise PeelError(f"demo config {given!r} does not exist; pass --config with a {name} config such as {scenario.config.name}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="Folder for the summary, the plot and the unlearning run.")
     parser.add_argument("--scenario", default="testbed", choices=list(SCENARIOS), help="Built-in scenario (default: testbed).")
-    parser.add_argument("--config", help="Unlearning config (default: configs/SCENARIO_lora.yaml).")
+    parser.add_argument("--config", help="Unlearning config: a file, or a config peel ships named as configs/NAME.yaml (default: configs/SCENARIO_lora.yaml).")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted overrides applied to the config.")
 
 
@@ -71,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output_dir)
     scenario = SCENARIOS[args.scenario]
     tasks = scenario.tasks
-    config_path = args.config or str(scenario.config)
-    if not Path(config_path).is_file():
-        raise PeelError(f"demo config {config_path!r} does not exist; pass --config with a {args.scenario} config such as {scenario.config.name}")
+    config_path = demo_config(args.config, scenario, args.scenario)
     # The demo evaluates every model itself, the same way, so the engine's own evaluation is off.
     config = load_config(config_path, [*args.overrides, f"output_dir={output / 'unlearn'}", "eval.tasks=[]"])
     if config.model.name_or_path != scenario.base:
