@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             baseline = load_baseline(*cache_arguments, **where) or earlier_baseline(folder, settings.tasks)
     path = write_evaluation(folder, results.pop("model"), results, baseline)
+    if target.run_folder is not None:
+        from peel.model_card import write_model_cards
+
+        write_model_cards(target.run_folder)  # the run's model cards show the new accuracies
     for name, accuracy in results["accuracy"].items():
         reference = f" (baseline {baseline['accuracy'][name]:.4f})" if baseline and name in baseline["accuracy"] else ""
         print(f"{name}: {accuracy:.4f}{reference}")

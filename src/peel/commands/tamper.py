@@ -121,9 +121,13 @@ def run(args: argparse.Namespace) -> int:
         if args.baseline:
             baseline.evaluate_baseline(source, config)
         documents = running.run_locally(plans, args.force)
+    from peel.model_card import write_model_cards
+
     for target_plan in plans:
         print_summary(target_plan.folder, documents[target_plan.folder])
         track(target_plan, documents[target_plan.folder])
+        if target_plan.target.run_folder is not None:
+            write_model_cards(target_plan.target.run_folder)  # its model cards show the attacks
     draw(plans, documents, compared, args.output_dir)
     return 0
 
