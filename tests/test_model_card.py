@@ -80,3 +80,20 @@ def test_hub_ids_are_named_and_local_paths_shortened(tmp_path):
                      [31, 27], None, None)
     assert text.startswith("---\nbase_model: EleutherAI/deep-ignorance-unfiltered\n")
     assert "LoRA rank 16, alpha 16, modules ['query_key_value']" in text
+
+
+def test_peel_tamper_on_the_run_rewrites_the_cards_with_its_attacks(run, tmp_path):
+    from tiny_lm import TEXTS
+
+    tasks = write_user_task(tmp_path / "tasks")
+    attack_text = tmp_path / "attack.jsonl"
+    attack_text.write_text("".join(json.dumps({"text": text}) + "\n" for text in TEXTS))
+    assert main([
+        "tamper", str(run), f"eval.include_path={tasks}", f"tamper.data.path={attack_text}", "tamper.tasks=[my_facts]",
+        "tamper.grid=[]", "tamper.few_shot=[]", "tamper.steps=1", "tamper.eval_every=1", "tamper.per_device_batch_size=2",
+        "tamper.max_length=16", "tamper.dtype=float32",
+    ]) == 0
+    summary = json.loads((run / "tamper.json").read_text())["summary"]["my_facts"]
+    card = (run / "adapter" / "README.md").read_text()
+    assert f"| my_facts | {summary['step0']:.4f} | {summary['worst']:.4f} | attack, {summary['worst_step']} |" in card
+    assert "1 attack(s): attack (tamper.json)." in card
