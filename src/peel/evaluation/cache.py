@@ -48,9 +48,8 @@ def baseline_key(
     include_path: str | None = None,
 ) -> dict:
     # Keys without a task folder stay as they were, so baselines cached before it are still found.
-    tasks_folder = {} if include_path is None else {
-        "include_path": str(Path(include_path).resolve()), "task_files": folder_fingerprint(Path(include_path))
-    }
+    folder = None if include_path is None else Path(include_path).expanduser().resolve()
+    tasks_folder = {} if folder is None else {"include_path": str(folder), "task_files": folder_fingerprint(folder)}
     return {
         **model_identity(name_or_path, revision),
         "tasks": sorted(tasks),

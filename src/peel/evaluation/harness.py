@@ -25,7 +25,7 @@ def task_manager(include_defaults: bool, include_path: str | None = None):
     and, with `include_defaults`, lm-eval's own ~15k, whose scan takes seconds: hence the cache."""
     from lm_eval.tasks import TaskManager
 
-    folders = [str(TASK_DIRECTORY)] if include_path is None else [str(TASK_DIRECTORY), include_path]
+    folders = [str(TASK_DIRECTORY)] if include_path is None else [str(TASK_DIRECTORY), str(Path(include_path).expanduser())]
     return TaskManager(include_path=folders, include_defaults=include_defaults)
 
 
@@ -36,7 +36,7 @@ def peel_task_names() -> set[str]:
 
 def check_include_path(include_path: str | None) -> None:
     """eval.include_path names an existing folder (an empty path would index the working folder)."""
-    if include_path is not None and (not include_path or not Path(include_path).is_dir()):
+    if include_path is not None and (not include_path or not Path(include_path).expanduser().is_dir()):
         raise PeelError(f"eval.include_path {include_path!r} is not a folder; accepted: a folder of lm-eval task YAML files, or null")
 
 
