@@ -27,7 +27,8 @@ attacks. Attacks:
     (target - original) hidden states on tamper.data projected out of every layer's output; the
     original is --baseline MODEL or the model a run folder unlearned.
 
-tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]).
+tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]);
+your own lm-eval task YAMLs are found with eval.include_path=FOLDER.
 
 Writes into the run folder or --output-dir (with several targets, --output-dir/<name> each):
   attacks/NAME.json  one finished attack (a rerun does not run it again; other settings under the
