@@ -97,3 +97,11 @@ def test_peel_tamper_on_the_run_rewrites_the_cards_with_its_attacks(run, tmp_pat
     card = (run / "adapter" / "README.md").read_text()
     assert f"| my_facts | {summary['step0']:.4f} | {summary['worst']:.4f} | attack, {summary['worst_step']} |" in card
     assert "1 attack(s): attack (tamper.json)." in card
+
+
+def test_the_loading_line_names_a_hub_base_and_a_placeholder_otherwise():
+    lora = {"unlearn": {"adapter": "lora", "lora": {}}}
+    hub = card_text("adapter", {"model": {"name_or_path": "EleutherAI/deep-ignorance-unfiltered"}, **lora}, None, None, None)
+    assert 'AutoModelForCausalLM.from_pretrained("EleutherAI/deep-ignorance-unfiltered"), "adapter")' in hub
+    scenario = card_text("adapter", {"model": {"name_or_path": "testbed:base"}, **lora}, None, None, None)
+    assert 'from_pretrained("<the folder of testbed:base>")' in scenario

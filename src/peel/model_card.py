@@ -132,7 +132,7 @@ def card_text(kind: str, config: dict, layers: list | None, evaluation: dict | N
         "from the forget data's predictions (the forget loss below), while a retain loss keeps the model close "
         "to the original on the retain data.",
         "",
-        f"Load it with {library}: `{loading.replace('BASE', shown(base))}`.",
+        f"Load it with {library}: `{loading.replace('BASE', hub_id(base) or f'<the folder of {shown(base)}>')}`.",
         "",
         "## Method",
         "",
