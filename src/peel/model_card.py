@@ -65,6 +65,9 @@ def method_rows(config: dict, layers: list | None) -> list[tuple[str, str]]:
     retain_loss = unlearn.get("retain_loss")
     if retain_loss == "l2":
         retain_loss += f" at layers {unlearn.get('retain_layers')}"
+    optimizer = train.get("optimizer")
+    if optimizer == "muon":  # Muon at its own rate for the 2-D matrices, AdamW at lr for the rest
+        optimizer += f" (lr {train.get('muon_lr')}, momentum {train.get('muon_momentum')}) with adamw for the rest"
     rows = [
         ("base model", shown(model.get("name_or_path"))),
         ("adapter", adapter_text),
@@ -77,7 +80,7 @@ def method_rows(config: dict, layers: list | None) -> list[tuple[str, str]]:
         ("retain loss", f"{retain_loss}, coefficient {unlearn.get('retain_coef')} ramped {unlearn.get('retain_ramp')}"),
         ("gradient filter", str(unlearn.get("grad_filter"))),
         ("L2-SP coefficient", str(unlearn.get("l2sp_coef"))),
-        ("optimizer", f"{train.get('optimizer')}, lr {train.get('lr')} ({train.get('lr_scheduler')}, warmup "
+        ("optimizer", f"{optimizer}, lr {train.get('lr')} ({train.get('lr_scheduler')}, warmup "
                       f"{train.get('warmup_ratio')}), gradient clipping {train.get('max_grad_norm') or 'off'}"),
         ("batch", f"{train.get('global_batch_size')} examples per step ({train.get('per_device_batch_size')} per device), "
                   f"{train.get('epochs_per_layer')} epoch(s) per layer, {train.get('dtype')}, seed {train.get('seed')}"),
