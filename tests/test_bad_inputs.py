@@ -160,6 +160,7 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("eval into a file", lambda w: ["eval", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(write(w, "eval_file", "x"))], "eval_file' is an existing file"),
     ("eval limit 0", lambda w: ["eval", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "e"), "eval.limit=0"], "'eval.limit' got 0"),
     ("eval unknown task", lambda w: ["eval", str(w.model), "--tasks", "no_such_task", "--output-dir", str(w.root / "e")], "unknown evaluation task 'no_such_task'"),
+    ("eval include_path missing", lambda w: ["eval", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "e"), f"eval.include_path={w.root / 'no_tasks'}"], "no_tasks' is not a folder; accepted: a folder of lm-eval task YAML files"),
     # tamper
     ("tamper negative steps", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.steps=-1"], "'tamper.steps' got -1"),
     ("tamper eval_every 0", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.eval_every=0"], "'tamper.eval_every' got 0"),

@@ -44,3 +44,19 @@ def test_every_choice_the_config_accepts_is_in_its_table():
     for key, table in (("forget_loss", FORGET_OBJECTIVES), ("retain_loss", RETAIN_OBJECTIVES),
                        ("grad_filter", GRADIENT_FILTERS), ("optimizer", OPTIMIZERS)):
         assert set(typing.get_args(hints[key])) == set(table), key
+
+
+def test_configs_mixing_chat_data_run_on_a_tokenizer_without_a_chat_template():
+    """The seed's model is a base model (no chat template): its chat configs name a fallback."""
+    from peel.data import CHAT_TEMPLATES
+
+    chat = [load_config(path).data.chat for path in CONFIGS if load_config(path).data.chat.path is not None]
+    assert len(chat) == 2  # seed runs 21 and 22
+    assert all(source.template in CHAT_TEMPLATES for source in chat)
+
+
+def test_the_readme_maps_every_real_model_config_to_its_table():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Running on the real model", 1)[1].split("\n## ", 1)[0]
+    real = [path.name for path in CONFIGS if not path.name.startswith(("testbed_", "elements_"))]
+    assert real and [name for name in real if f"`{name}`" not in section] == []

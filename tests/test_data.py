@@ -39,6 +39,52 @@ def test_ultrachat_shaped_messages_mixed_into_retain(tmp_path):
     assert "<assistant> answer" in conversations[0]
 
 
+def chat_corpora(folder, count: int = 8):
+    chat = folder / "chat.jsonl"
+    chat.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                                       {"role": "assistant", "content": f"answer {i}"}]}) for i in range(count)))
+    retain = folder / "retain.jsonl"
+    retain.write_text("\n".join(json.dumps({"text": f"retain text {i}"}) for i in range(count)))
+    return DataSource(path=str(retain)), chat
+
+
+def test_a_tokenizer_without_chat_template_is_refused_naming_the_fallback_key(tmp_path):
+    tokenizer = make_tokenizer()
+    assert tokenizer.chat_template is None  # as a base model's, e.g. deep-ignorance-unfiltered
+    retain, chat = chat_corpora(tmp_path)
+    with pytest.raises(PeelError, match="set data.chat.template to a fallback: plain"):
+        load_retain_texts(retain, ChatSource(path=str(chat)), 8, 0, tokenizer)
+
+
+def test_the_plain_fallback_template_renders_role_content_turns(tmp_path):
+    tokenizer = make_tokenizer()
+    retain, chat = chat_corpora(tmp_path)
+    texts = load_retain_texts(retain, ChatSource(path=str(chat), fraction=0.5, template="plain"), 8, 0, tokenizer)
+    conversations = sorted(text for text in texts if text.startswith("User: "))
+    assert len(conversations) == 4
+    number = conversations[0].split()[2]
+    assert conversations[0] == f"User: question {number}\n\nAssistant: answer {number}\n\n"
+    assert all(ids for ids in tokenize(conversations, tokenizer, max_length=64))
+
+
+def test_a_tokenizer_own_chat_template_wins_over_the_fallback(tmp_path):
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+    retain, chat = chat_corpora(tmp_path)
+    texts = load_retain_texts(retain, ChatSource(path=str(chat), fraction=0.5, template="plain"), 8, 0, tokenizer)
+    assert sum(text.startswith("<user>") for text in texts) == 4 and not any("User:" in text for text in texts)
+
+
+def test_every_chat_template_name_the_config_accepts_has_a_template():
+    import typing
+
+    from peel.data import CHAT_TEMPLATES
+
+    hint = typing.get_type_hints(ChatSource)["template"]
+    (names,) = [typing.get_args(option) for option in typing.get_args(hint) if typing.get_origin(option) is typing.Literal]
+    assert set(names) == set(CHAT_TEMPLATES)
+
+
 def test_missing_hub_dataset_offline_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(PeelError, match="cannot load dataset 'no-such-org/no-such-dataset'") as error:

@@ -264,3 +264,15 @@ def test_shipped_testbed_model_on_shipped_testbed_tasks():
     assert {name: entry["samples"] for name, entry in results["details"].items()} == {"testbed_forget": 40, "testbed_retain": 40}
     # The base model was pretrained on both domains: it should beat chance (0.25) clearly on each.
     assert min(results["accuracy"].values()) > 0.5
+
+
+def test_eval_help_lists_every_task_peel_ships(capsys):
+    from peel.evaluation.harness import peel_task_names
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    shown = capsys.readouterr().out
+    headline = sorted(name for name in peel_task_names() if "_robust_" not in name)  # not the six WMDP subsets
+    assert "wmdp_bio_cloze_correct_prob" in headline
+    assert [name for name in headline if name not in shown] == []
+    assert "eval.include_path" in shown

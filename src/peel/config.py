@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -109,6 +110,12 @@ class ChatSource:
     messages_field: str = option("messages", "Column holding the list of {role, content} messages.")
     fraction: float = option(
         0.25, "Share of the retain examples taken from the chat data, rendered with the chat template.", FRACTION
+    )
+    template: Literal["plain"] | None = option(
+        None,
+        "Chat template for a tokenizer that has none (a base model's, such as deep-ignorance-unfiltered): plain = "
+        "each turn as 'User: ...' / 'Assistant: ...' followed by a blank line; null = the tokenizer's own, and a "
+        "tokenizer without one is refused. A tokenizer's own template always wins.",
     )
 
 
@@ -232,6 +239,11 @@ class EvalConfig:
     max_length: int = option(2048, "Longest sequence lm-eval feeds the model.", AT_LEAST_ONE)
     limit: int | None = option(None, "Evaluate only the first N documents of each task (quick checks).", AT_LEAST_ONE)
     every_phase: bool = option(False, "Also evaluate after each phase (accuracy vs phase in metrics.jsonl).")
+    include_path: str | None = option(
+        None,
+        "A folder of your own lm-eval task YAMLs (relative to the config file that sets it), indexed beside peel's "
+        "and lm-eval's tasks by peel eval, unlearn, tamper and probe; null = none.",
+    )
 
 
 # The seed group's standard attack sweep (research-line-2026.md), as tamper.grid's default. Their
@@ -391,12 +403,30 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise PeelError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    raw = resolve_relative_paths(raw, path.parent)
     base = raw.pop("base", None)
     if base is None:
         return raw
     if not isinstance(base, str):
         raise PeelError(f"config key 'base' in {str(path)!r} got {base!r}; accepted: a path to another config file")
     return deep_merge(read_yaml(path.parent / base, (*seen, path.resolve())), raw)
+
+
+# Config keys (section, key) holding a path that a config file gives relative to itself, as it
+# gives `base:`, so a config and what it names move together. An override on the command line
+# stays relative to the working folder, as any path typed there.
+FILE_RELATIVE_KEYS = (("eval", "include_path"),)
+
+
+def resolve_relative_paths(raw: dict, folder: Path) -> dict:
+    """`raw` with each relative path of FILE_RELATIVE_KEYS made absolute against `folder`."""
+    resolved = dict(raw)
+    for section, key in FILE_RELATIVE_KEYS:
+        values = raw.get(section)
+        value = values.get(key) if isinstance(values, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            resolved[section] = {**values, key: os.path.abspath(folder / value)}
+    return resolved
 
 
 def deep_merge(base: dict, update: dict) -> dict:

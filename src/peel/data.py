@@ -12,6 +12,12 @@ from peel.errors import PeelError, reading
 
 # Local file suffix -> the `datasets` builder that reads it.
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+# data.chat.template -> the Jinja chat template used when the tokenizer has none. Base models ship
+# none, and their tokenizer's special tokens mean nothing to them: plain text turns read like the
+# web text they were trained on.
+CHAT_TEMPLATES = {
+    "plain": "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n{% endfor %}",
+}
 ACCEPTED = "a hub dataset id, a .jsonl / .json / .parquet / .txt file or a folder of one kind of them, or a scenario name (testbed:forget, elements:forget, ...)"
 
 
@@ -110,14 +116,18 @@ def load_texts(source: DataSource, num_examples: int | None, seed: int, required
 
 
 def load_chat_texts(source: ChatSource, num_examples: int, seed: int, tokenizer, required: bool = True) -> list[str]:
-    """Conversations rendered with the tokenizer's chat template."""
-    if tokenizer.chat_template is None:
-        raise PeelError(f"data.chat.path={source.path!r} needs a tokenizer with a chat template; this one has none")
+    """Conversations rendered with the tokenizer's chat template, or `source.template` when it has none."""
+    template = tokenizer.chat_template or CHAT_TEMPLATES.get(source.template)
+    if template is None:
+        raise PeelError(
+            f"data.chat.path={source.path!r} needs a chat template and this tokenizer has none; "
+            f"set data.chat.template to a fallback: {', '.join(CHAT_TEMPLATES)}"
+        )
     rows = load_rows(source.path, source.name, source.split)
     conversations = _select(
         rows, source.messages_field, num_examples, seed, f"dataset {source.path!r}", required, is_conversation, "conversations"
     )
-    return [tokenizer.apply_chat_template(messages, tokenize=False) for messages in conversations]
+    return [tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False) for messages in conversations]
 
 
 def load_retain_texts(

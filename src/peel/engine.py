@@ -133,6 +133,9 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
                                            update_rank=rank, parallel=engine)
             run_folder.write_json(output_dir / "run.json", record)
             checkpoint.remove(output_dir)  # model/ holds the result now
+            from peel.model_card import write_model_cards
+
+            write_model_cards(output_dir)  # over peft's blank template, which names the base by its local path
         distributed.barrier()
     except Preempted:
         if distributed.is_main():
@@ -272,6 +275,7 @@ def evaluate_baseline(config: Config, model, tokenizer, device) -> dict | None:
         settings.max_length,
         compute=lambda: evaluate_with(model.to(device), tokenizer, settings),
         revision=config.model.revision,
+        include_path=settings.include_path,
     )
 
 

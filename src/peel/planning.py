@@ -130,6 +130,6 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     if config.eval.tasks:
         from peel.evaluation.harness import manager_for
 
-        manager_for(config.eval.tasks)  # unknown task names fail now, not after training
+        manager_for(config.eval.tasks, config.eval.include_path)  # unknown task names fail now, not after training
     masks = None if forget_masks is None else forget_masks[:num_examples]
     return Prepared(plan, folder_state, tokenizer, forget[:num_examples], retain[:num_examples], masks)

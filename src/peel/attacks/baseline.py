@@ -20,6 +20,7 @@ def baseline_source(targets: list[Target], config: Config, model: str | None) ->
         "tasks": list(config.tamper.tasks),
         "limit": config.eval.limit,
         "max_length": config.eval.max_length,
+        "include_path": config.eval.include_path,
     }
 
 
@@ -33,7 +34,8 @@ def find_baseline(source: dict) -> dict[str, float] | None:
         evaluation = read_evaluation(source["eval_json"]) or {}
         found.update((evaluation.get("baseline") or {}).get("accuracy", {}))
     if source.get("model"):
-        cached = load_baseline(source["model"], source["tasks"], source["limit"], source["max_length"], source["revision"])
+        cached = load_baseline(source["model"], source["tasks"], source["limit"], source["max_length"], source["revision"],
+                               source.get("include_path"))
         found.update((cached or {}).get("accuracy", {}))
     found.update(source.get("given") or {})
     found = {task: accuracy for task, accuracy in found.items() if task in source["tasks"]}
@@ -46,6 +48,8 @@ def evaluate_baseline(source: dict, config: Config) -> None:
 
     def compute() -> dict:
         model, tokenizer = load_target_model(Target(source["model"], None, config))
-        return evaluate(model, tokenizer, source["tasks"], config.eval.batch_size, source["max_length"], source["limit"])
+        return evaluate(model, tokenizer, source["tasks"], config.eval.batch_size, source["max_length"], source["limit"],
+                        include_path=source.get("include_path"))
 
-    cached_baseline(source["model"], source["tasks"], source["limit"], source["max_length"], compute, source["revision"])
+    cached_baseline(source["model"], source["tasks"], source["limit"], source["max_length"], compute, source["revision"],
+                    source.get("include_path"))

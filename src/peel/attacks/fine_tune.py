@@ -166,7 +166,8 @@ def attack_model(
     examples = tokenize(texts, tokenizer, settings.max_length)
 
     def measure(current) -> dict[str, float]:
-        results = evaluate(current, tokenizer, settings.tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit)
+        results = evaluate(current, tokenizer, settings.tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit,
+                           include_path=evaluation.include_path)
         return results["accuracy"]
 
     return tamper(

@@ -43,7 +43,7 @@ class Session:
 
         evaluation = self.evaluation
         return evaluate(self.model, self.tokenizer, tasks, evaluation.batch_size, evaluation.max_length,
-                        evaluation.limit, shots)["accuracy"]
+                        evaluation.limit, shots, evaluation.include_path)["accuracy"]
 
     def known_untouched(self) -> dict[str, float] | None:
         """The untouched model's accuracies when another attack of the grid measured them."""

@@ -36,8 +36,9 @@ Run peel end to end on a built-in scenario (no GPU, no downloads once installed)
   peel demo --output-dir runs/quick data.num_examples=64 tamper.steps=20 eval.limit=50   # key=value overrides
 """
 
-# The repository's configs folder (the demo is run from a clone, as the README says).
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+# The configs are package data (src/peel/configs; a clone's top-level configs/ is a link to it),
+# so the demo runs from an installed package as well as from a clone.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,23 @@ SCENARIOS = {
 }
 
 
+def demo_config(given: str | None, scenario: DemoScenario, name: str) -> str:
+    """The config file: the scenario's default, a file at `given`, or a packaged config named by
+    `given` as the README writes it (configs/testbed_full.yaml) where no such file is at hand."""
+    if given is None:
+        return str(scenario.config)
+    if Path(given).is_file():
+        return given
+    packaged = CONFIGS / Path(given).name
+    if Path(given).parent in (Path("."), Path("configs")) and packaged.is_file():
+        return str(packaged)
+    raise PeelError(f"demo config {given!r} does not exist; pass --config with a {name} config such as {scenario.config.name}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="Folder for the summary, the plot and the unlearning run.")
     parser.add_argument("--scenario", default="testbed", choices=list(SCENARIOS), help="Built-in scenario (default: testbed).")
-    parser.add_argument("--config", help="Unlearning config (default: configs/SCENARIO_lora.yaml).")
+    parser.add_argument("--config", help="Unlearning config: a file, or a config peel ships named as configs/NAME.yaml (default: configs/SCENARIO_lora.yaml).")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted overrides applied to the config.")
 
 
@@ -73,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output_dir)
     scenario = SCENARIOS[args.scenario]
     tasks = scenario.tasks
-    config_path = args.config or str(scenario.config)
-    if not Path(config_path).is_file():
-        raise PeelError(f"demo config {config_path!r} does not exist; pass --config with a {args.scenario} config such as {scenario.config.name}")
+    config_path = demo_config(args.config, scenario, args.scenario)
     # The demo evaluates every model itself, the same way, so the engine's own evaluation is off.
     config = load_config(config_path, [*args.overrides, f"output_dir={output / 'unlearn'}", "eval.tasks=[]"])
     if config.model.name_or_path != scenario.base:
@@ -115,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
     targets = {"unlearned": (unlearned_path, run_folder),
                **{name: (model_name, output / name) for name, model_name in scenario.references.items()}}
     documents = attack_models(targets, config, evaluations["base"]["accuracy"], scenario.base, args.overrides)
+    from peel.model_card import write_model_cards
+
+    write_model_cards(run_folder)  # the cards show the demo's evaluation and attacks, written into the run above
 
     summary = {"models": models, "probe": probe_summary(probes, tasks), **attack_summary(documents, tasks),
                "wall_seconds": round(time.time() - started, 1)}

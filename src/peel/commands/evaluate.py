@@ -12,15 +12,22 @@ Evaluate TARGET (a run folder, whose model/ is used; a model folder; a .gguf fil
 model.gguf_file=NAME; smollm2-135m; testbed:base / elements:base; or a hub id) on lm-eval tasks,
 0-shot, in process, and write eval.json with one accuracy per task and group.
 
-peel's own tasks: wmdp_bio_robust (six WMDP-Bio-Robust subsets, weighted by size),
-testbed_forget, testbed_retain, elements_forget, elements_retain; any lm-eval task name works too (e.g. mmlu).
+peel's own tasks:
+  wmdp_bio_robust              six WMDP-Bio-Robust subsets (wmdp_bio_robust_SUBSET), weighted by size
+  wmdp_bio_cloze               the cloze-compatible WMDP-Bio questions, each answer scored as a
+                               continuation of the question; read acc_norm (answers differ in length)
+  wmdp_bio_cloze_correct_prob  the same questions: the probability given to the right answer
+  testbed_forget, testbed_retain, elements_forget, elements_retain
+                               the built-in scenarios' cloze questions (forget, retain)
+any lm-eval task name works too (e.g. mmlu), and your own task YAMLs with eval.include_path=FOLDER.
 
 Settings come from the run's config.yaml (for a run folder) or the defaults, then key=value
-overrides: eval.batch_size, eval.max_length, eval.limit, eval.tasks.
+overrides: eval.batch_size, eval.max_length, eval.limit, eval.tasks, eval.include_path.
 
 examples:
   peel eval runs/lora_l2 --tasks wmdp_bio_robust,mmlu
   peel eval testbed:base --tasks testbed_forget,testbed_retain --output-dir out/base
+  peel eval runs/lora_l2 --tasks my_task eval.include_path=my_tasks/   # a folder of lm-eval task YAMLs
 """
 
 
@@ -52,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from peel.evaluation.harness import manager_for
 
-    manager_for(settings.tasks)  # unknown task names fail before any model loads
+    manager_for(settings.tasks, settings.include_path)  # unknown task names fail before any model loads
 
     def evaluate_folder(name: str) -> dict:
         from peel.evaluation.targets import Target
@@ -65,12 +72,16 @@ def run(args: argparse.Namespace) -> int:
     if target.run_folder is not None:
         original = model_location(target.config.model.name_or_path, target.config.model.gguf_file)
         cache_arguments = (original, settings.tasks, settings.limit, settings.max_length)
-        revision = target.config.model.revision
+        where = {"revision": target.config.model.revision, "include_path": settings.include_path}
         if args.baseline:
-            baseline = cached_baseline(*cache_arguments, compute=lambda: evaluate_folder(original), revision=revision)
+            baseline = cached_baseline(*cache_arguments, compute=lambda: evaluate_folder(original), **where)
         else:
-            baseline = load_baseline(*cache_arguments, revision=revision) or earlier_baseline(folder, settings.tasks)
+            baseline = load_baseline(*cache_arguments, **where) or earlier_baseline(folder, settings.tasks)
     path = write_evaluation(folder, results.pop("model"), results, baseline)
+    if target.run_folder is not None:
+        from peel.model_card import write_model_cards
+
+        write_model_cards(target.run_folder)  # the run's model cards show the new accuracies
     for name, accuracy in results["accuracy"].items():
         reference = f" (baseline {baseline['accuracy'][name]:.4f})" if baseline and name in baseline["accuracy"] else ""
         print(f"{name}: {accuracy:.4f}{reference}")

@@ -25,7 +25,8 @@ target, chance dotted) into --output-dir, or into the run folder when TARGET is 
 
 Settings come from the first run folder's config.yaml (or the defaults), then key=value
 overrides: probe.tasks ([] = eval.tasks), probe.layers, probe.pooling, probe.cloze,
-probe.train_share, probe.seed, probe.limit; batches and context length are eval.batch_size and eval.max_length.
+probe.train_share, probe.seed, probe.limit; batches and context length are eval.batch_size and eval.max_length;
+your own lm-eval task YAMLs are found with eval.include_path=FOLDER.
 
 example:
   peel probe testbed:base runs/testbed_lora testbed:filtered --output-dir probes/testbed

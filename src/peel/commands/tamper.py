@@ -27,7 +27,8 @@ attacks. Attacks:
     (target - original) hidden states on tamper.data projected out of every layer's output; the
     original is --baseline MODEL or the model a run folder unlearned.
 
-tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]).
+tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]);
+your own lm-eval task YAMLs are found with eval.include_path=FOLDER.
 
 Writes into the run folder or --output-dir (with several targets, --output-dir/<name> each):
   attacks/NAME.json  one finished attack (a rerun does not run it again; other settings under the
@@ -121,9 +122,13 @@ def run(args: argparse.Namespace) -> int:
         if args.baseline:
             baseline.evaluate_baseline(source, config)
         documents = running.run_locally(plans, args.force)
+    from peel.model_card import write_model_cards
+
     for target_plan in plans:
         print_summary(target_plan.folder, documents[target_plan.folder])
         track(target_plan, documents[target_plan.folder])
+        if target_plan.target.run_folder is not None:
+            write_model_cards(target_plan.target.run_folder)  # its model cards show the attacks
     draw(plans, documents, compared, args.output_dir)
     return 0
 

@@ -19,12 +19,14 @@ TASK_DIRECTORY = Path(__file__).resolve().parent / "tasks"
 DATASET_ERRORS = ("DatasetNotFoundError", "HfHubHTTPError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
 
 
-@functools.lru_cache(maxsize=2)
-def task_manager(include_defaults: bool):
-    """lm-eval's index of tasks; scanning its ~15k built-in YAMLs takes seconds, so it is kept."""
+@functools.lru_cache(maxsize=4)
+def task_manager(include_defaults: bool, include_path: str | None = None):
+    """lm-eval's index of tasks: peel's YAMLs, the user's folder `include_path` (eval.include_path)
+    and, with `include_defaults`, lm-eval's own ~15k, whose scan takes seconds: hence the cache."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASK_DIRECTORY), include_defaults=include_defaults)
+    folders = [str(TASK_DIRECTORY)] if include_path is None else [str(TASK_DIRECTORY), str(Path(include_path).expanduser())]
+    return TaskManager(include_path=folders, include_defaults=include_defaults)
 
 
 def peel_task_names() -> set[str]:
@@ -32,30 +34,48 @@ def peel_task_names() -> set[str]:
     return set(task_manager(include_defaults=False).all_tasks)
 
 
-def manager_for(tasks: list[str]):
-    """Peel's tasks alone when they suffice (fast); lm-eval's built-ins too when asked for one."""
-    include_defaults = not set(tasks) <= peel_task_names()
-    manager = task_manager(include_defaults=include_defaults)
+def check_include_path(include_path: str | None) -> None:
+    """eval.include_path names an existing folder (an empty path would index the working folder)."""
+    if include_path is not None and (not include_path or not Path(include_path).expanduser().is_dir()):
+        raise PeelError(f"eval.include_path {include_path!r} is not a folder; accepted: a folder of lm-eval task YAML files, or null")
+
+
+def manager_for(tasks: list[str], include_path: str | None = None):
+    """peel's tasks and the user's (eval.include_path) alone when they suffice (fast); lm-eval's
+    built-ins too when asked for one. The one place evaluation, tamper and probe index tasks."""
+    check_include_path(include_path)
+    manager = task_manager(False, include_path)
+    if not set(tasks) <= set(manager.all_tasks):
+        manager = task_manager(True, include_path)
     unknown = [name for name in tasks if name not in manager.all_tasks]
     if unknown:
         # Name peel's headline tasks; the six WMDP subsets are reachable but would crowd the message.
+        where = "any lm-eval task name (e.g. mmlu)" + (
+            f", or a task of eval.include_path {include_path!r}" if include_path else ", or your own with eval.include_path"
+        )
         raise PeelError(
             f"unknown evaluation task {unknown[0]!r}; peel's own tasks are "
-            f"{', '.join(sorted(name for name in peel_task_names() if '_robust_' not in name))}, "
-            "plus any lm-eval task name (e.g. mmlu)"
+            f"{', '.join(sorted(name for name in peel_task_names() if '_robust_' not in name))}, plus {where}"
         )
     return manager
 
 
 def evaluate(
-    model, tokenizer, tasks: list[str], batch_size: int, max_length: int, limit: int | None = None, num_fewshot: int = 0
+    model,
+    tokenizer,
+    tasks: list[str],
+    batch_size: int,
+    max_length: int,
+    limit: int | None = None,
+    num_fewshot: int = 0,
+    include_path: str | None = None,
 ) -> dict | None:
     """Accuracy of `model` on each task and group, with `num_fewshot` answered examples before each question.
 
     peel's task YAMLs name the split their examples come from (`fewshot_split`): without one,
     lm-eval draws them from the test split without leaving out the question being asked. Their
     YAMLs also leave num_fewshot unset, since lm-eval ignores the argument for a task whose YAML
-    says 0.
+    says 0. `include_path` is a folder of the user's own task YAMLs (eval.include_path).
 
     Returns {"tasks", "accuracy": {requested name: acc}, "details": {every task and group:
     {"accuracy", "metric", "stderr", "samples"[, "correct_prob", "subtasks"]}}, "correct_prob",
@@ -65,7 +85,7 @@ def evaluate(
         raise PeelError("no evaluation tasks given; accepted: a list such as [wmdp_bio_robust, mmlu]")
     if tokenizer.eos_token is None:
         raise PeelError("the tokenizer has no eos token, which lm-eval needs to score empty contexts")
-    manager = manager_for(tasks)
+    manager = manager_for(tasks, include_path)
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -107,8 +127,9 @@ def evaluate(
 
 
 def evaluate_with(model, tokenizer, settings) -> dict | None:
-    """`evaluate` with the tasks, batch size, context length and limit of an `eval` config section."""
-    return evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit)
+    """`evaluate` with the tasks, batch size, context length, limit and task folder of an `eval` config section."""
+    return evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit,
+                    include_path=settings.include_path)
 
 
 @contextlib.contextmanager

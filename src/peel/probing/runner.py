@@ -85,7 +85,7 @@ def probe_targets(targets: list, names: list[str], folder: str | Path, labels: l
     for target, original in zip(targets, originals):
         if original is not None:
             check_original(target, original)
-    tasks = load_tasks(settings.tasks or evaluation.tasks, settings.limit)
+    tasks = load_tasks(settings.tasks or evaluation.tasks, settings.limit, evaluation.include_path)
     splits = {task.name: question_split(len(task.questions), settings.train_share, settings.seed) for task in tasks}
     kinds = {task.name: probe_kind(task, settings.cloze) for task in tasks}
     document = {

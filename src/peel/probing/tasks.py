@@ -33,14 +33,14 @@ class ProbeTask:
         return len({question.choices for question in self.questions}) == 1
 
 
-def load_tasks(names: list[str], limit: int | None) -> list[ProbeTask]:
-    """Each task's (or group's) questions, the first `limit` of each task; bad names fail here,
-    before any model loads."""
+def load_tasks(names: list[str], limit: int | None, include_path: str | None = None) -> list[ProbeTask]:
+    """Each task's (or group's) questions, the first `limit` of each task, found among peel's,
+    lm-eval's and `include_path`'s tasks (eval.include_path); bad names fail here, before any model loads."""
     if not names:
         raise PeelError("no tasks to probe; pass --tasks testbed_forget,testbed_retain or probe.tasks=[...]")
     from peel.evaluation.harness import manager_for, quiet_lm_eval
 
-    manager = manager_for(names)  # a PeelError naming an unknown task
+    manager = manager_for(names, include_path)  # a PeelError naming an unknown task
     tasks = []
     for name in names:
         with quiet_lm_eval():
