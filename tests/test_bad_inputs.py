@@ -26,6 +26,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 class Workspace:
     root: Path  # everything the cases may write into lives under here
     model: Path  # a tiny llama folder
+    neox: Path  # a tiny GPT-NeoX folder
     forget: Path
     retain: Path
     config: Path  # a small, valid unlearning config on the tiny model
@@ -60,7 +61,7 @@ def workspace(tmp_path_factory, tiny_models, corpora) -> Workspace:
     import shutil
 
     shutil.copytree(REPOSITORY / "tests" / "fixtures" / "report" / "runs" / "l2_rm10", runs / "good")
-    return Workspace(root, tiny_models["llama"], corpora["forget"], corpora["retain"], config, runs,
+    return Workspace(root, tiny_models["llama"], tiny_models["gpt_neox"], corpora["forget"], corpora["retain"], config, runs,
                      unwritable_folder(root))
 
 
@@ -71,13 +72,14 @@ def write(workspace: Workspace, name: str, content: str | bytes) -> Path:
     return path
 
 
-def bad_model_folder(workspace: Workspace, name: str, weights: bytes | None, tokenizer: bool) -> Path:
-    """A copy of the tiny model with broken weights and/or no tokenizer files."""
+def bad_model_folder(workspace: Workspace, name: str, weights: bytes | None, tokenizer: bool,
+                     source: Path | None = None) -> Path:
+    """A copy of the tiny model (or `source`) with broken weights and/or no tokenizer files."""
     import shutil
 
     folder = workspace.root / "inputs" / name
     if not folder.exists():
-        shutil.copytree(workspace.model, folder)
+        shutil.copytree(source or workspace.model, folder)
         if weights is not None:
             (folder / "model.safetensors").write_bytes(weights)
         if not tokenizer:
@@ -137,6 +139,9 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("config not YAML", lambda w: ["unlearn", str(write(w, "broken.yaml", "train: {lr: [\n"))], "broken.yaml"),
     ("config of binary bytes", lambda w: ["unlearn", str(write(w, "binary.yaml", b"\xff\xfe\x00\x81"))], "binary.yaml"),
     ("config holding a list", lambda w: ["unlearn", str(write(w, "list.yaml", "- a\n- b\n"))], "must hold a mapping"),
+    ("config indented with a tab", lambda w: ["unlearn", str(write(w, "tab.yaml", "train:\n\tlr: 1\n"))],
+     "tab.yaml' is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token (YAML indents with spaces"),
+    ("config path is a folder", lambda w: ["unlearn", str(w.runs)], "runs' is a folder; accepted: a YAML config file"),
     # unlearn: data files
     ("empty forget file", lambda w: data(w, "empty.jsonl", ""), "empty.jsonl' is empty"),
     ("file of blank lines", lambda w: data(w, "blank.txt", "\n   \n\n\t\n"), "holds no usable texts"),
@@ -150,6 +155,14 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("missing model", lambda w: unlearn(w, "model.name_or_path=/nonexistent/model"), "'/nonexistent/model'"),
     ("corrupt weights", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'corrupt_model', b'not safetensors', True)}"), "corrupt_model"),
     ("no tokenizer", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'no_tokenizer', None, False)}"), "no_tokenizer"),
+    # GPT-NeoX without tokenizer files: transformers builds an empty two-token tokenizer, which once
+    # passed and made the data look empty ("256 texts tokenize to no tokens")
+    ("empty tokenizer", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'neox_no_tokenizer', None, False, w.neox)}"),
+     "neox_no_tokenizer' cannot read plain text"),
+    ("model path at the weights file", lambda w: unlearn(w, f"model.name_or_path={w.model / 'model.safetensors'}"),
+     "model.safetensors' is a file, not a model folder"),
+    ("model path at a jsonl file", lambda w: unlearn(w, f"model.name_or_path={w.forget}"), "forget.jsonl' is a file, not a model folder"),
+    ("model folder without config.json", lambda w: unlearn(w, f"model.name_or_path={w.runs}"), "has no config.json"),
     # unlearn: output folders
     ("output_dir is a file", lambda w: unlearn(w, f"output_dir={write(w, 'a_file', 'x')}"), "a_file' is an existing file"),
     ("output_dir under a file", lambda w: unlearn(w, f"output_dir={write(w, 'parent_file', 'x') / 'run'}"), "parent_file' is a file"),
@@ -159,6 +172,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("eval without tasks", lambda w: ["eval", str(w.model), "--output-dir", str(w.root / "e")], "no tasks to evaluate"),
     ("eval into a file", lambda w: ["eval", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(write(w, "eval_file", "x"))], "eval_file' is an existing file"),
     ("eval limit 0", lambda w: ["eval", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "e"), "eval.limit=0"], "'eval.limit' got 0"),
+    ("eval of a model without tokenizer files", lambda w: ["eval", str(bad_model_folder(w, 'neox_no_tokenizer', None, False, w.neox)), "--tasks", "testbed_forget", "--output-dir", str(w.root / "e")], "cannot read plain text"),
+    ("eval of a weights file", lambda w: ["eval", str(w.model / "model.safetensors"), "--tasks", "testbed_forget", "--output-dir", str(w.root / "e")], "is a file, not a model folder"),
     ("eval unknown task", lambda w: ["eval", str(w.model), "--tasks", "no_such_task", "--output-dir", str(w.root / "e")], "unknown evaluation task 'no_such_task'"),
     # tamper
     ("tamper negative steps", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.steps=-1"], "'tamper.steps' got -1"),

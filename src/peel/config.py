@@ -383,12 +383,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A config file as a mapping. `base: other.yaml` (relative to the file) is read first and
     deep-merged under it, so a family of configs states only what differs from its base."""
+    if path.is_dir():
+        raise PeelError(f"config file {str(path)!r} is a folder; accepted: a YAML config file, such as "
+                        "configs/testbed_lora.yaml")
     if not path.is_file():
-        raise PeelError(f"config file {str(path)!r} does not exist")
+        raise PeelError(f"config file {str(path)!r} does not exist; accepted: a YAML config file")
     if path.resolve() in seen:
         raise PeelError(f"config file {str(path)!r} names itself as a base (through {[str(p) for p in seen]})")
     with reading(f"config file {str(path)!r}", "a YAML mapping of config sections"):
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text(), path)
     if not isinstance(raw, dict):
         raise PeelError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
@@ -397,6 +400,20 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(base, str):
         raise PeelError(f"config key 'base' in {str(path)!r} got {base!r}; accepted: a path to another config file")
     return deep_merge(read_yaml(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    """A YAML document's value; a syntax error is one line with where it is (`first_line` of
+    PyYAML's message would keep only "while scanning for the next token")."""
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+        problem = error.problem or error.context or "invalid YAML"
+        tab = " (YAML indents with spaces, never tabs)" if "'\\t'" in problem else ""
+        raise PeelError(f"config file {str(path)!r} is not valid YAML at {where}: {problem}{tab}; "
+                        "accepted: a YAML mapping of config sections") from None
 
 
 def deep_merge(base: dict, update: dict) -> dict:
