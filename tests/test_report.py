@@ -83,3 +83,20 @@ def test_correct_prob_and_update_rank_get_columns_only_where_present(tmp_path):
     assert "| 0.2008 | - | - |" in next(line for line in lines if line.endswith("| Baseline |"))
     assert "| 0.1355 | 1.30 | 2189.40 |" in next(line for line in lines if line.startswith("| with "))
     assert "| 0.4479 |  |  |  |" in next(line for line in lines if line.startswith("| without "))
+
+
+def test_recovery_reads_n_a_when_step_zero_is_at_or_above_the_baseline(tmp_path):
+    """A model that lost nothing (step 0 0.2696 against a baseline of 0.2) has nothing to recover:
+    its tamper.json says null and the report n/a, never "step 0"."""
+    import json
+
+    run = tmp_path / "l2_rm50"
+    shutil.copytree(FIXTURES / "runs" / "l2_rm50", run)
+    record = json.loads((run / "tamper.json").read_text())
+    record["baseline"]["wmdp_bio_robust"] = 0.2
+    (run / "tamper.json").write_text(json.dumps(record))
+    assert read_run(run).tamper["summary"]["wmdp_bio_robust"]["steps_to_recover"] is None
+    output = tmp_path / "report.md"
+    assert main(["report", str(run), "--output", str(output)]) == 0
+    row = next(line for line in output.read_text().splitlines() if line.startswith("| l2_rm50 | 4 |"))
+    assert "| n/a | n/a |" in row and "step 0 |" not in row.split("|")[6]

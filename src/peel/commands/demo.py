@@ -176,6 +176,8 @@ def format_row(row: dict[str, float]) -> str:
 
 
 def markdown(summary: dict) -> str:
+    from peel.report import recovery_text
+
     lines = ["| model | forget accuracy | retain accuracy |", "|---|---|---|"]
     for name, row in summary["models"].items():
         lines.append(f"| {name} | {row['forget_acc']:.3f} | {row['retain_acc']:.3f} |")
@@ -183,8 +185,7 @@ def markdown(summary: dict) -> str:
     lines += ["", f"Tamper resistance (forget accuracy; worst case over each model's attacks within {budget} steps):", "",
               "| model | step 0 | worst | worst attack (step) | 50% back | 90% back | retain there |", "|---|---|---|---|---|---|---|"]
     for name, entry in summary["resistance"].items():
-        recovery = entry["steps_to_recover"] or {}
-        back = [f"step {recovery[s]}" if recovery.get(s) is not None else "never" for s in ("50", "90")]
+        back = recovery_text(entry["steps_to_recover"], entry["step0"], summary["models"]["base"]["forget_acc"])
         retain = "-" if entry["retain_at_worst"] is None else f"{entry['retain_at_worst']:.3f}"
         lines.append(f"| {name} | {entry['step0']:.3f} | {entry['worst']:.3f} | {entry['worst_attack']} ({entry['worst_step']}) | "
                      f"{' | '.join(back)} | {retain} |")

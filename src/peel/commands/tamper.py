@@ -37,7 +37,8 @@ Writes into the run folder or --output-dir (with several targets, --output-dir/<
                      {"step0", "worst", "worst_step", "worst_attack", "retain_at_worst",
                      "steps_to_recover": {"50": step, "90": step}}}, "baseline", "pending"};
                      steps_to_recover: first step at which the worst case regained that share of
-                     (baseline - step 0), null if never;
+                     (baseline - step 0), null if never; steps_to_recover is null without
+                     a baseline or when step 0 is at or above it (nothing was lost);
   tamper.png         a panel per task: each attack a thin line, the worst case bold, baseline and
                      chance; several targets or --compare side by side (in --output-dir, else the
                      first target's folder).
@@ -169,8 +170,9 @@ def draw(plans, documents: dict, compared: dict, output_dir: str | None) -> None
 
 def print_summary(folder: Path, document: dict) -> None:
     for task, entry in document["summary"].items():
-        recovery = entry["steps_to_recover"]
-        recovered = "no baseline" if recovery is None else ", ".join(
+        recovery, baseline = entry["steps_to_recover"], (document.get("baseline") or {}).get(task)
+        nothing_lost = f"nothing to recover (step 0 at or above the baseline {baseline:.4f})" if baseline is not None else "no baseline"
+        recovered = nothing_lost if recovery is None else ", ".join(
             f"{share}% back at step {step}" if step is not None else f"{share}% never" for share, step in recovery.items())
         retain = "" if entry["retain_at_worst"] is None else f"; {document['retain_task']} there {entry['retain_at_worst']:.4f}"
         print(f"{folder}: {task}: step 0 {entry['step0']:.4f}, worst {entry['worst']:.4f} "
