@@ -167,3 +167,20 @@ def test_evaluation_baseline_is_cached_and_written_beside_the_result(tiny_models
     assert record["baseline"]["accuracy"].keys() == record["accuracy"].keys()
     phase_ends = [r for r in map(json.loads, (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
     assert [r["step"] for r in phase_ends] == [2, 4]
+
+
+def test_adapters_are_added_without_the_deprecation_warning(tiny_models):
+    """peft reads transformers' deprecated `is_gradient_checkpointing`, which warned once per run
+    (unlearning) and once per LoRA attack: the adapters come without that FutureWarning."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from peel.attacks.fine_tune import train_lora_adapter
+    from peel.config import LoraOptions
+    from peel.weights import LoraWeights
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        LoraWeights(AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neox"]), LoraOptions(rank=2, alpha=2))
+        train_lora_adapter(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), 2)

@@ -34,9 +34,11 @@ def train_all_weights(model, rank: int):
 
 def train_lora_adapter(model, rank: int):
     """An adapter on every linear layer, alpha = rank: the seed's unlearning adapter, now in the attacker's hands."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear", lora_dropout=0.0))
+    from peel.weights import peft_model
+
+    return peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear", lora_dropout=0.0))
 
 
 # tamper.adapter -> how the attacker's trainable parameters are set up
