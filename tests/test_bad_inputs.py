@@ -67,7 +67,7 @@ def workspace(tmp_path_factory, tiny_models, corpora) -> Workspace:
 
 def write(workspace: Workspace, name: str, content: str | bytes) -> Path:
     path = workspace.root / "inputs" / name
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     return path
 
@@ -192,11 +192,14 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("probe unknown pooling", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.pooling=max"], "'probe.pooling' got 'max'; accepted: last, mean"),
     ("probe of several targets without an output folder", lambda w: ["probe", str(w.model), "testbed:base", "--tasks", "testbed_forget"], "needs --output-dir"),
     # report
-    ("report of a non-run folder", lambda w: ["report", str(w.root / "inputs"), "--output", str(w.root / "r.md")], "is not a run folder"),
+    ("report of a non-run folder", lambda w: ["report", str(write(w, "plain_folder/readme.txt", "x").parent), "--output", str(w.root / "r.md")], "plain_folder' is not a run folder (no config.yaml)"),
     ("report of a corrupt run.json", lambda w: ["report", str(run_copy(w, "bad_run_json", lambda f: (f / "run.json").write_text("{"))), "--output", str(w.root / "r.md")], "run.json is not valid JSON"),
     ("report of a corrupt metrics line", lambda w: ["report", str(run_copy(w, "bad_metrics", lambda f: (f / "metrics.jsonl").write_text('{"step": 1}\n{"ste'))), "--output", str(w.root / "r.md")], "metrics.jsonl:2"),
     ("report of a corrupt tamper.json", lambda w: ["report", str(run_copy(w, "bad_tamper", lambda f: (f / "tamper.json").write_text("[1, 2"))), "--output", str(w.root / "r.md")], "tamper.json is not valid JSON"),
     ("report of a binary config.yaml", lambda w: ["report", str(run_copy(w, "bad_config", lambda f: (f / "config.yaml").write_bytes(b"\xff\x00\xfe"))), "--output", str(w.root / "r.md")], "config.yaml"),
+    ("report of a stray file alone", lambda w: ["report", str(write(w, "notes.txt", "x")), "--output", str(w.root / "r.md")], "nothing to report: "),
+    ("report of a missing folder", lambda w: ["report", str(w.root / "no_such_run"), "--output", str(w.root / "r.md")], "no_such_run' does not exist"),
+    ("report of a corrupt sweep.json", lambda w: ["report", str(write(w, "report_sweep/sweep.json", "{").parent), "--output", str(w.root / "r.md")], "sweep.json is not valid JSON"),
     ("report into an unwritable folder", lambda w: ["report", str(w.runs / "good"), "--output", str(w.unwritable / "r.md")], "is not writable"),
     ("report into a folder", lambda w: ["report", str(w.runs / "good"), "--output", str(w.runs)], "is a folder"),
     # sweep
