@@ -141,6 +141,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("config holding a list", lambda w: ["unlearn", str(write(w, "list.yaml", "- a\n- b\n"))], "must hold a mapping"),
     ("config indented with a tab", lambda w: ["unlearn", str(write(w, "tab.yaml", "train:\n\tlr: 1\n"))],
      "tab.yaml' is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token (YAML indents with spaces"),
+    ("keyword list missing beside the config", lambda w: ["unlearn", str(write(w, "keywords_config.yaml", f"base: {w.config}\ndata: {{forget: {{keywords: no_such_list.txt}}}}\n"))],
+     "inputs/no_such_list.txt"),
     ("config path is a folder", lambda w: ["unlearn", str(w.runs)], "runs' is a folder; accepted: a YAML config file"),
     # unlearn: data files
     ("empty forget file", lambda w: data(w, "empty.jsonl", ""), "empty.jsonl' is empty"),

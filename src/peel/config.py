@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from peel.errors import PeelError, reading
+from peel.relative_paths import resolve_paths
 
 
 @dataclass(frozen=True)
@@ -382,7 +383,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A config file as a mapping. `base: other.yaml` (relative to the file) is read first and
-    deep-merged under it, so a family of configs states only what differs from its base."""
+    deep-merged under it, so a family of configs states only what differs from its base. Paths
+    in the file (data, keyword lists, local models) are relative to it too (relative_paths.py)."""
     if path.is_dir():
         raise PeelError(f"config file {str(path)!r} is a folder; accepted: a YAML config file, such as "
                         "configs/testbed_lora.yaml")
@@ -395,6 +397,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(raw, dict):
         raise PeelError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
+    raw = resolve_paths(raw, path.parent)  # the file's paths, like its base, are relative to it
     if base is None:
         return raw
     if not isinstance(base, str):
