@@ -183,6 +183,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("tamper nan lr", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.lr=nan"], "'tamper.lr' got nan"),
     ("tamper into an unwritable folder", lambda w: ["tamper", str(w.model), "--output-dir", str(w.unwritable / "t")], "is not writable"),
     ("tamper more examples than the corpus", lambda w: ["tamper", "testbed:base", "--output-dir", str(w.root / "t"), "tamper.data.path=testbed:tamper", "tamper.tasks=[testbed_forget]", "tamper.num_examples=5000"], "holds 300 usable texts"),
+    ("tamper dry run of a bad attack value", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.lr=nan"], "'tamper.lr' got nan"),
+    ("tamper dry run of a missing attack file", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.tasks=[testbed_forget]", "tamper.data.path=/nonexistent/attack.jsonl"], "'/nonexistent/attack.jsonl' does not exist"),
     ("tamper without an output folder", lambda w: ["tamper", str(w.model)], "needs --output-dir"),
     # probe
     ("probe layer past the model", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[1, 9]"], "probe.layers contains layer 9; the model has layers 0..3"),
@@ -208,6 +210,7 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("sweep grid without values", lambda w: ["sweep", str(w.config), "--grid", "train.lr", "--local"], "--grid 'train.lr'"),
     ("sweep grid with a bad value", lambda w: ["sweep", str(w.config), "--grid", "train.lr=1e-3,-1", "--local"], "'train.lr' got -1.0"),
     ("sweep into a file", lambda w: ["sweep", str(w.config), f"output_dir={write(w, 'sweep_file', 'x')}", "--grid", "train.lr=1e-3,2e-3", "--local"], "sweep_file' is an existing file"),
+    ("sweep dry run of a run that cannot start", lambda w: ["sweep", str(w.config), "--grid", "data.forget.text_field=text,body", "--dry-run"], "has no column 'body'"),
     ("sweep status of a non-sweep", lambda w: ["sweep", "--status", str(w.runs)], "is not a sweep folder"),
     ("sweep status of a corrupt sweep.json", lambda w: ["sweep", "--status", str(write(w, "sweep.json", "{").parent)], "sweep.json is not valid JSON"),
     ("sweep bad slurm key", lambda w: ["sweep", str(w.config), "--grid", "train.lr=1e-3,2e-3", "--slurm", "gpus=4"], "--slurm 'gpus=4'"),

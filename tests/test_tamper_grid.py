@@ -96,6 +96,28 @@ def test_bad_attack_settings_are_one_line_errors_before_anything_runs(world, arg
     assert not world["out"].exists()
 
 
+def test_dry_run_prints_each_attack_and_the_grids_size_and_loads_no_model(world, capsys, monkeypatch):
+    import peel.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(peel.models, "load_model", no_loading)
+    capsys.readouterr()
+    assert main(["tamper", world["model"], "testbed:base", "--output-dir", str(world["out"]), *SMALL, "tamper.steps=5",
+                 "tamper.eval_every=2", world["data"], "tamper.few_shot=[0, 3]",
+                 "--grid", "tamper.lr=1e-4,1e-3", "--grid", "tamper.adapter=full,lora", "--dry-run"]) == 0
+    output = capsys.readouterr().out
+    assert f"target {world['model']} -> {world['out'] / 'model'}" in output
+    assert "few_shot=3: few_shot (few_shot 3)" in output
+    assert ("lr=1e-3,adapter=lora: fine_tune (adapter lora, lora_rank 16, optimizer adamw, lr 0.001, lr_scheduler constant, "
+            "warmup_ratio 0, steps 5, per_device_batch_size 4") in output
+    # 4 fine-tuning attacks evaluated at steps 2, 4 and 5, the 3-shot prompt, and step 0 shared: 14 per target
+    assert ("6 attacks: 4 fine-tuning (20 optimizer steps in all), 2 that train nothing; about 14 evaluations of "
+            "testbed_forget, testbed_retain per target (28 for 2 targets)") in output
+    assert not world["out"].exists()
+
+
 def test_a_grid_writes_every_attack_its_worst_case_and_resumes_without_rerunning(world, monkeypatch, capsys):
     command = ["tamper", world["model"], "--output-dir", str(world["out"]), *SMALL, world["data"],
                "tamper.few_shot=[0,1]", "--grid", "tamper.lr=1e-3,1e-2"]

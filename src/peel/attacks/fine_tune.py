@@ -208,6 +208,12 @@ def untouched(settings: dict) -> bool:
     return True  # step 0 is before the first optimizer step
 
 
+def evaluations(attack) -> int:
+    """The steps after 0 that `tamper` evaluates: every eval_every, and the last."""
+    steps, every = attack.settings.steps, attack.settings.eval_every
+    return len({*range(every, steps + 1, every), *([steps] if steps else [])})
+
+
 def corpus(attack) -> tuple:
     settings = attack.settings
     return settings.data, attack_examples(settings), settings.seed, settings.num_examples is not None

@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                         help="Submit one Slurm job per attack with this setting (as peel sweep); repeatable.")
     parser.add_argument("--force", action="store_true", help="Attack again where a folder holds attacks with other settings.")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Check the targets, settings, folders and attack data, print each attack and the grid's size "
+                        "(attacks, optimizer steps, estimated evaluations), and write nothing.")
     parser.set_defaults(overrides=[])
 
 
@@ -105,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
     tracking.check(config.track.to)
     check_attack_data(plans[0].attacks)  # the corpora last: they may take a moment to load
     source = plans[0].baseline
+    if args.dry_run:
+        from peel.dry_run import tamper_lines
+
+        print("\n".join(["checked, nothing written:", *tamper_lines(plans)]))
+        return 0
 
     if args.slurm:
         executor = jobs.make_executor(plans[0].attacks_folder / "jobs", slurm)
