@@ -89,8 +89,15 @@ def test_paths_in_a_config_file_are_relative_to_it_like_base(tmp_path, monkeypat
     assert config.data.chat.path == "HuggingFaceH4/ultrachat_200k"  # a hub id stays one
 
     overridden = load_config(experiments / "run.yaml", ["data.forget.keywords=mine.txt", "model.name_or_path=testbed:base"])
-    assert overridden.data.forget.keywords == "mine.txt"  # the shell's path, relative to where peel runs
+    assert overridden.data.forget.keywords == str(tmp_path / "shared" / "mine.txt")  # the shell's path: where peel runs
     assert overridden.model.name_or_path == "testbed:base"
+
+    # The run's config.yaml holds them absolute, so it reads the same from anywhere (a sweep's job
+    # runs `peel unlearn RUN/config.yaml`; resume and peel tamper RUN read it as the run's record).
+    save_config(overridden, tmp_path / "saved.yaml")
+    monkeypatch.chdir(experiments)
+    assert load_config(tmp_path / "saved.yaml") == overridden
+    assert load_config(tmp_path / "saved.yaml", relative_to_file=False) == overridden
 
 
 def test_a_missing_relative_keyword_file_is_named_where_it_was_looked_for(tmp_path):
@@ -101,3 +108,13 @@ def test_a_missing_relative_keyword_file_is_named_where_it_was_looked_for(tmp_pa
     config = load_config(tmp_path / "configs" / "c.yaml")
     with pytest.raises(PeelError, match=str(tmp_path / "configs" / "lists" / "missing.txt")):
         read_keywords(config.data.forget.keywords)
+
+
+def test_a_run_folders_config_keeps_the_meaning_of_its_paths(tmp_path, monkeypatch):
+    """Older runs wrote the paths they were given, relative to where peel ran: read as the run's
+    record (resume, peel tamper RUN) they still mean that, not a path inside the run folder."""
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {forget: {path: data/forget.jsonl}}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(run / "config.yaml", relative_to_file=False).data.forget.path == str(tmp_path / "data" / "forget.jsonl")

@@ -374,14 +374,18 @@ class Config:
 # Loading, overriding and checking
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file (and the files it names as `base`), then `dotted.key=value` overrides."""
-    raw = read_yaml(Path(path)) if path is not None else {}
+def load_config(path: str | Path | None = None, overrides: list[str] = (), relative_to_file: bool = True) -> Config:
+    """Defaults, then the YAML file (and the files it names as `base`), then `dotted.key=value` overrides.
+
+    Relative paths in the file are relative to it; a run folder's config.yaml is read with
+    `relative_to_file=False`: it records paths as peel was given them (absolute since paths became
+    relative to their file; relative to where peel ran in older runs)."""
+    raw = read_yaml(Path(path), relative_to_file=relative_to_file) if path is not None else {}
     config = build(Config, raw, prefix="")
     return apply_overrides(config, overrides)
 
 
-def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def read_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to_file: bool = True) -> dict:
     """A config file as a mapping. `base: other.yaml` (relative to the file) is read first and
     deep-merged under it, so a family of configs states only what differs from its base. Paths
     in the file (data, keyword lists, local models) are relative to it too (relative_paths.py)."""
@@ -397,12 +401,13 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(raw, dict):
         raise PeelError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
-    raw = resolve_paths(raw, path.parent)  # the file's paths, like its base, are relative to it
+    if relative_to_file:  # the file's paths, like its base, are relative to it
+        raw = resolve_paths(raw, path.parent)
     if base is None:
         return raw
     if not isinstance(base, str):
         raise PeelError(f"config key 'base' in {str(path)!r} got {base!r}; accepted: a path to another config file")
-    return deep_merge(read_yaml(path.parent / base, (*seen, path.resolve())), raw)
+    return deep_merge(read_yaml(path.parent / base, (*seen, path.resolve()), relative_to_file), raw)
 
 
 def parse_yaml(text: str, path: Path) -> Any:
@@ -430,7 +435,10 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Return a copy of `config` with each `dotted.key=value` applied (the value is parsed as YAML)."""
+    """Return a copy of `config` with each `dotted.key=value` applied (the value is parsed as YAML).
+
+    Relative paths left after them are relative to where peel runs, and are made absolute here,
+    so the config.yaml a run keeps means the same from any folder (a sweep's job reads it as a file)."""
     raw = to_dict(config)
     for item in overrides:
         key, separator, text = item.partition("=")
@@ -441,7 +449,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         except yaml.YAMLError:
             value = text
         _set_dotted(raw, key, value)
-    return build(Config, raw, prefix="")
+    return build(Config, resolve_paths(raw, Path.cwd()), prefix="")
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
