@@ -26,6 +26,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 class Workspace:
     root: Path  # everything the cases may write into lives under here
     model: Path  # a tiny llama folder
+    neox: Path  # a tiny GPT-NeoX folder
     forget: Path
     retain: Path
     config: Path  # a small, valid unlearning config on the tiny model
@@ -60,24 +61,25 @@ def workspace(tmp_path_factory, tiny_models, corpora) -> Workspace:
     import shutil
 
     shutil.copytree(REPOSITORY / "tests" / "fixtures" / "report" / "runs" / "l2_rm10", runs / "good")
-    return Workspace(root, tiny_models["llama"], corpora["forget"], corpora["retain"], config, runs,
+    return Workspace(root, tiny_models["llama"], tiny_models["gpt_neox"], corpora["forget"], corpora["retain"], config, runs,
                      unwritable_folder(root))
 
 
 def write(workspace: Workspace, name: str, content: str | bytes) -> Path:
     path = workspace.root / "inputs" / name
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     return path
 
 
-def bad_model_folder(workspace: Workspace, name: str, weights: bytes | None, tokenizer: bool) -> Path:
-    """A copy of the tiny model with broken weights and/or no tokenizer files."""
+def bad_model_folder(workspace: Workspace, name: str, weights: bytes | None, tokenizer: bool,
+                     source: Path | None = None) -> Path:
+    """A copy of the tiny model (or `source`) with broken weights and/or no tokenizer files."""
     import shutil
 
     folder = workspace.root / "inputs" / name
     if not folder.exists():
-        shutil.copytree(workspace.model, folder)
+        shutil.copytree(source or workspace.model, folder)
         if weights is not None:
             (folder / "model.safetensors").write_bytes(weights)
         if not tokenizer:
@@ -137,6 +139,11 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("config not YAML", lambda w: ["unlearn", str(write(w, "broken.yaml", "train: {lr: [\n"))], "broken.yaml"),
     ("config of binary bytes", lambda w: ["unlearn", str(write(w, "binary.yaml", b"\xff\xfe\x00\x81"))], "binary.yaml"),
     ("config holding a list", lambda w: ["unlearn", str(write(w, "list.yaml", "- a\n- b\n"))], "must hold a mapping"),
+    ("config indented with a tab", lambda w: ["unlearn", str(write(w, "tab.yaml", "train:\n\tlr: 1\n"))],
+     "tab.yaml' is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token (YAML indents with spaces"),
+    ("keyword list missing beside the config", lambda w: ["unlearn", str(write(w, "keywords_config.yaml", f"base: {w.config}\ndata: {{forget: {{keywords: no_such_list.txt}}}}\n"))],
+     "inputs/no_such_list.txt"),
+    ("config path is a folder", lambda w: ["unlearn", str(w.runs)], "runs' is a folder; accepted: a YAML config file"),
     # unlearn: data files
     ("empty forget file", lambda w: data(w, "empty.jsonl", ""), "empty.jsonl' is empty"),
     ("file of blank lines", lambda w: data(w, "blank.txt", "\n   \n\n\t\n"), "holds no usable texts"),
@@ -150,6 +157,14 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("missing model", lambda w: unlearn(w, "model.name_or_path=/nonexistent/model"), "'/nonexistent/model'"),
     ("corrupt weights", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'corrupt_model', b'not safetensors', True)}"), "corrupt_model"),
     ("no tokenizer", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'no_tokenizer', None, False)}"), "no_tokenizer"),
+    # GPT-NeoX without tokenizer files: transformers builds an empty two-token tokenizer, which once
+    # passed and made the data look empty ("256 texts tokenize to no tokens")
+    ("empty tokenizer", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'neox_no_tokenizer', None, False, w.neox)}"),
+     "neox_no_tokenizer' cannot read plain text"),
+    ("model path at the weights file", lambda w: unlearn(w, f"model.name_or_path={w.model / 'model.safetensors'}"),
+     "model.safetensors' is a file, not a model folder"),
+    ("model path at a jsonl file", lambda w: unlearn(w, f"model.name_or_path={w.forget}"), "forget.jsonl' is a file, not a model folder"),
+    ("model folder without config.json", lambda w: unlearn(w, f"model.name_or_path={w.runs}"), "has no config.json"),
     # unlearn: output folders
     ("output_dir is a file", lambda w: unlearn(w, f"output_dir={write(w, 'a_file', 'x')}"), "a_file' is an existing file"),
     ("output_dir under a file", lambda w: unlearn(w, f"output_dir={write(w, 'parent_file', 'x') / 'run'}"), "parent_file' is a file"),
@@ -159,6 +174,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("eval without tasks", lambda w: ["eval", str(w.model), "--output-dir", str(w.root / "e")], "no tasks to evaluate"),
     ("eval into a file", lambda w: ["eval", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(write(w, "eval_file", "x"))], "eval_file' is an existing file"),
     ("eval limit 0", lambda w: ["eval", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "e"), "eval.limit=0"], "'eval.limit' got 0"),
+    ("eval of a model without tokenizer files", lambda w: ["eval", str(bad_model_folder(w, 'neox_no_tokenizer', None, False, w.neox)), "--tasks", "testbed_forget", "--output-dir", str(w.root / "e")], "cannot read plain text"),
+    ("eval of a weights file", lambda w: ["eval", str(w.model / "model.safetensors"), "--tasks", "testbed_forget", "--output-dir", str(w.root / "e")], "is a file, not a model folder"),
     ("eval unknown task", lambda w: ["eval", str(w.model), "--tasks", "no_such_task", "--output-dir", str(w.root / "e")], "unknown evaluation task 'no_such_task'"),
     ("eval include_path missing", lambda w: ["eval", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "e"), f"eval.include_path={w.root / 'no_tasks'}"], "no_tasks' is not a folder; accepted: a folder of lm-eval task YAML files"),
     # tamper
@@ -167,6 +184,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("tamper nan lr", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.lr=nan"], "'tamper.lr' got nan"),
     ("tamper into an unwritable folder", lambda w: ["tamper", str(w.model), "--output-dir", str(w.unwritable / "t")], "is not writable"),
     ("tamper more examples than the corpus", lambda w: ["tamper", "testbed:base", "--output-dir", str(w.root / "t"), "tamper.data.path=testbed:tamper", "tamper.tasks=[testbed_forget]", "tamper.num_examples=5000"], "holds 300 usable texts"),
+    ("tamper dry run of a bad attack value", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.lr=nan"], "'tamper.lr' got nan"),
+    ("tamper dry run of a missing attack file", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.tasks=[testbed_forget]", "tamper.data.path=/nonexistent/attack.jsonl"], "'/nonexistent/attack.jsonl' does not exist"),
     ("tamper without an output folder", lambda w: ["tamper", str(w.model)], "needs --output-dir"),
     # probe
     ("probe layer past the model", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[1, 9]"], "probe.layers contains layer 9; the model has layers 0..3"),
@@ -178,17 +197,21 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("probe unknown pooling", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.pooling=max"], "'probe.pooling' got 'max'; accepted: last, mean"),
     ("probe of several targets without an output folder", lambda w: ["probe", str(w.model), "testbed:base", "--tasks", "testbed_forget"], "needs --output-dir"),
     # report
-    ("report of a non-run folder", lambda w: ["report", str(w.root / "inputs"), "--output", str(w.root / "r.md")], "is not a run folder"),
+    ("report of a non-run folder", lambda w: ["report", str(write(w, "plain_folder/readme.txt", "x").parent), "--output", str(w.root / "r.md")], "plain_folder' is not a run folder (no config.yaml)"),
     ("report of a corrupt run.json", lambda w: ["report", str(run_copy(w, "bad_run_json", lambda f: (f / "run.json").write_text("{"))), "--output", str(w.root / "r.md")], "run.json is not valid JSON"),
     ("report of a corrupt metrics line", lambda w: ["report", str(run_copy(w, "bad_metrics", lambda f: (f / "metrics.jsonl").write_text('{"step": 1}\n{"ste'))), "--output", str(w.root / "r.md")], "metrics.jsonl:2"),
     ("report of a corrupt tamper.json", lambda w: ["report", str(run_copy(w, "bad_tamper", lambda f: (f / "tamper.json").write_text("[1, 2"))), "--output", str(w.root / "r.md")], "tamper.json is not valid JSON"),
     ("report of a binary config.yaml", lambda w: ["report", str(run_copy(w, "bad_config", lambda f: (f / "config.yaml").write_bytes(b"\xff\x00\xfe"))), "--output", str(w.root / "r.md")], "config.yaml"),
+    ("report of a stray file alone", lambda w: ["report", str(write(w, "notes.txt", "x")), "--output", str(w.root / "r.md")], "nothing to report: "),
+    ("report of a missing folder", lambda w: ["report", str(w.root / "no_such_run"), "--output", str(w.root / "r.md")], "no_such_run' does not exist"),
+    ("report of a corrupt sweep.json", lambda w: ["report", str(write(w, "report_sweep/sweep.json", "{").parent), "--output", str(w.root / "r.md")], "sweep.json is not valid JSON"),
     ("report into an unwritable folder", lambda w: ["report", str(w.runs / "good"), "--output", str(w.unwritable / "r.md")], "is not writable"),
     ("report into a folder", lambda w: ["report", str(w.runs / "good"), "--output", str(w.runs)], "is a folder"),
     # sweep
     ("sweep grid without values", lambda w: ["sweep", str(w.config), "--grid", "train.lr", "--local"], "--grid 'train.lr'"),
     ("sweep grid with a bad value", lambda w: ["sweep", str(w.config), "--grid", "train.lr=1e-3,-1", "--local"], "'train.lr' got -1.0"),
     ("sweep into a file", lambda w: ["sweep", str(w.config), f"output_dir={write(w, 'sweep_file', 'x')}", "--grid", "train.lr=1e-3,2e-3", "--local"], "sweep_file' is an existing file"),
+    ("sweep dry run of a run that cannot start", lambda w: ["sweep", str(w.config), "--grid", "data.forget.text_field=text,body", "--dry-run"], "has no column 'body'"),
     ("sweep status of a non-sweep", lambda w: ["sweep", "--status", str(w.runs)], "is not a sweep folder"),
     ("sweep status of a corrupt sweep.json", lambda w: ["sweep", "--status", str(write(w, "sweep.json", "{").parent)], "sweep.json is not valid JSON"),
     ("sweep bad slurm key", lambda w: ["sweep", str(w.config), "--grid", "train.lr=1e-3,2e-3", "--slurm", "gpus=4"], "--slurm 'gpus=4'"),

@@ -60,3 +60,61 @@ def test_base_files_are_merged_under_the_config(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(PeelError, match="names itself"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_paths_in_a_config_file_are_relative_to_it_like_base(tmp_path, monkeypatch):
+    """data paths, keyword lists and local models resolve against the config file's folder (and a
+    base file's against its own); hub ids, scenario names and command-line overrides do not."""
+    experiments = tmp_path / "experiments"
+    (experiments / "data").mkdir(parents=True)
+    (experiments / "model").mkdir()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "base.yaml").write_text(
+        "data: {retain: {path: retain.jsonl}, chat: {path: HuggingFaceH4/ultrachat_200k}}\n"
+        "tamper: {data: {path: ../experiments/data/tamper.txt}, grid: [{lr: 1.0e-4, data: {path: benign.jsonl}}, {lr: 2.0e-4}]}\n"
+    )
+    (experiments / "run.yaml").write_text(
+        "base: ../shared/base.yaml\n"
+        "model: {name_or_path: model}\n"
+        "data: {forget: {path: data/forget.jsonl, keywords: words.txt}}\n"
+    )
+    monkeypatch.chdir(tmp_path / "shared")  # somewhere else than the config file
+    config = load_config(experiments / "run.yaml")
+    assert config.model.name_or_path == str(experiments / "model")  # a folder that exists beside it
+    assert config.data.forget.path == str(experiments / "data" / "forget.jsonl")  # need not exist yet
+    assert config.data.forget.keywords == str(experiments / "words.txt")
+    assert config.data.retain.path == str(tmp_path / "shared" / "retain.jsonl")  # the base's, against the base
+    assert config.tamper.data.path == str(experiments / "data" / "tamper.txt")
+    assert config.tamper.grid[0]["data"]["path"] == str(tmp_path / "shared" / "benign.jsonl")
+    assert config.data.chat.path == "HuggingFaceH4/ultrachat_200k"  # a hub id stays one
+
+    overridden = load_config(experiments / "run.yaml", ["data.forget.keywords=mine.txt", "model.name_or_path=testbed:base"])
+    assert overridden.data.forget.keywords == str(tmp_path / "shared" / "mine.txt")  # the shell's path: where peel runs
+    assert overridden.model.name_or_path == "testbed:base"
+
+    # The run's config.yaml holds them absolute, so it reads the same from anywhere (a sweep's job
+    # runs `peel unlearn RUN/config.yaml`; resume and peel tamper RUN read it as the run's record).
+    save_config(overridden, tmp_path / "saved.yaml")
+    monkeypatch.chdir(experiments)
+    assert load_config(tmp_path / "saved.yaml") == overridden
+    assert load_config(tmp_path / "saved.yaml", relative_to_file=False) == overridden
+
+
+def test_a_missing_relative_keyword_file_is_named_where_it_was_looked_for(tmp_path):
+    from peel.masks import read_keywords
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "c.yaml").write_text("data: {forget: {keywords: lists/missing.txt}}\n")
+    config = load_config(tmp_path / "configs" / "c.yaml")
+    with pytest.raises(PeelError, match=str(tmp_path / "configs" / "lists" / "missing.txt")):
+        read_keywords(config.data.forget.keywords)
+
+
+def test_a_run_folders_config_keeps_the_meaning_of_its_paths(tmp_path, monkeypatch):
+    """Older runs wrote the paths they were given, relative to where peel ran: read as the run's
+    record (resume, peel tamper RUN) they still mean that, not a path inside the run folder."""
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {forget: {path: data/forget.jsonl}}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(run / "config.yaml", relative_to_file=False).data.forget.path == str(tmp_path / "data" / "forget.jsonl")

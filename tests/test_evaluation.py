@@ -115,6 +115,18 @@ def test_evaluation_leaves_training_mode_and_random_state_alone(model, tokenizer
     model.eval()
 
 
+def test_evaluation_outside_a_git_checkout_prints_no_git_error(model, tokenizer, testbed_fixtures, tmp_path, monkeypatch, capfd):
+    """lm-eval asks git for the working directory's commit with the terminal as git's stderr; run
+    anywhere but a checkout, each evaluation printed "fatal: not a git repository"."""
+    outside = tmp_path / "not_a_checkout"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git may not look above it
+    capfd.readouterr()
+    evaluate(model, tokenizer, ["testbed_forget"], batch_size=4, max_length=128, limit=2)
+    assert "not a git repository" not in capfd.readouterr().err
+
+
 def test_few_shot_examples_come_from_their_own_split_and_never_hold_the_question(model, tokenizer, testbed_fixtures):
     from peel.evaluation.local_data import read_multiple_choice
 

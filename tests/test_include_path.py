@@ -60,8 +60,9 @@ def test_include_path_in_a_config_file_is_relative_to_that_file(tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # elsewhere than the config
     for name in ("base.yaml", "child.yaml"):
         assert Path(load_config(folder / name).eval.include_path) == folder / "tasks"
-    # On the command line a relative path is the working folder's, as any path typed there.
-    assert load_config(None, ["eval.include_path=tasks"]).eval.include_path == "tasks"
+    # On the command line a relative path is the working folder's, as any path typed there (kept
+    # absolute, so a run's config.yaml means the same wherever it is read).
+    assert Path(load_config(None, ["eval.include_path=tasks"]).eval.include_path) == tmp_path / "tasks"
 
 
 def test_peel_eval_finds_the_users_task(model_folder, user_tasks, tmp_path, capsys):

@@ -41,7 +41,7 @@ def test_state_labels_on_the_seed_log(forget, retain, expected):
 
 def test_a_folder_without_config_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--output", str(tmp_path / "report.md")]) == 2
-    assert "is not a run folder: it has no config.yaml" in capsys.readouterr().err
+    assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
 
 
 def test_a_corrupt_metrics_line_is_named(tmp_path):
@@ -83,3 +83,52 @@ def test_correct_prob_and_update_rank_get_columns_only_where_present(tmp_path):
     assert "| 0.2008 | - | - |" in next(line for line in lines if line.endswith("| Baseline |"))
     assert "| 0.1355 | 1.30 | 2189.40 |" in next(line for line in lines if line.startswith("| with "))
     assert "| 0.4479 |  |  |  |" in next(line for line in lines if line.startswith("| without "))
+
+
+def test_recovery_reads_n_a_when_step_zero_is_at_or_above_the_baseline(tmp_path):
+    """A model that lost nothing (step 0 0.2696 against a baseline of 0.2) has nothing to recover:
+    its tamper.json says null and the report n/a, never "step 0"."""
+    import json
+
+    run = tmp_path / "l2_rm50"
+    shutil.copytree(FIXTURES / "runs" / "l2_rm50", run)
+    record = json.loads((run / "tamper.json").read_text())
+    record["baseline"]["wmdp_bio_robust"] = 0.2
+    (run / "tamper.json").write_text(json.dumps(record))
+    assert read_run(run).tamper["summary"]["wmdp_bio_robust"]["steps_to_recover"] is None
+    output = tmp_path / "report.md"
+    assert main(["report", str(run), "--output", str(output)]) == 0
+    row = next(line for line in output.read_text().splitlines() if line.startswith("| l2_rm50 | 4 |"))
+    assert "| n/a | n/a |" in row and "step 0 |" not in row.split("|")[6]
+
+
+def test_runs_star_skips_what_is_not_a_run_and_expands_a_sweep_folder(tmp_path, capsys):
+    """`peel report runs/*` (the README's command) on a runs/ that holds a sweep folder, a stray
+    file and a peel eval folder: the sweep's runs are read, the others skipped with a note each."""
+    runs = tmp_path / "runs"
+    shutil.copytree(FIXTURES / "runs" / "l2_rm10", runs / "l2_rm10")
+    sweep = runs / "kl_sweep"
+    shutil.copytree(FIXTURES / "runs" / "kl_lr1e-4", sweep / "lr=1e-4")
+    shutil.copytree(FIXTURES / "runs" / "kl_lr3e-4", sweep / "lr=3e-4")
+    (sweep / "jobs").mkdir()
+    (sweep / "sweep.json").write_text('{"runs": [{"name": "lr=1e-4", "overrides": ["train.lr=1e-4"]}, '
+                                      '{"name": "lr=3e-4", "overrides": ["train.lr=3e-4"]}]}')
+    (runs / "notes.txt").write_text("a stray file")
+    (runs / "base_eval").mkdir()
+    shutil.copy(FIXTURES / "runs" / "l2_rm10" / "eval.json", runs / "base_eval" / "eval.json")
+    output = tmp_path / "report.md"
+    assert main(["report", *sorted(str(path) for path in runs.iterdir()), "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert f"skipping {runs / 'notes.txt'}: it is a file, not a run folder" in out
+    assert f"skipping {runs / 'base_eval'}: it is not a run folder (no config.yaml; peel eval output)" in out
+    assert f"{sweep}: a sweep folder, reading its 2 run(s)" in out
+    report = output.read_text()
+    assert all(f"| {name} " in report for name in ("l2_rm10", "lr=1e-4", "lr=3e-4"))
+    assert "notes.txt" not in report and "base_eval" not in report
+
+
+def test_nothing_to_report_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["report", str(tmp_path / "notes.txt"), "--output", str(tmp_path / "report.md")]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+    assert not (tmp_path / "report.md").exists()

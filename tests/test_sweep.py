@@ -137,3 +137,19 @@ def test_status_asks_slurm_about_runs_whose_job_died_silently(tmp_path, monkeypa
     monkeypatch.setattr(submitit, "SlurmJob", FakeSlurmJob)
     assert [row["state"] for row in sweep.status(tmp_path / "out")] == ["running", "failed"]
     assert [run.name for run in sweep.to_do(runs)] == ["seed=1"]  # submitted again, to resume
+
+
+def test_dry_run_checks_every_run_prints_its_steps_and_writes_nothing(tiny_models, corpora, tmp_path, capsys):
+    config = write_config(tmp_path, tiny_models["gpt_neox"], corpora)
+    capsys.readouterr()
+    assert main(["sweep", str(config), "eval.tasks=[testbed_forget]", "--grid", "unlearn.remove_coef=10,20",
+                 "--grid", "train.epochs_per_layer=1,2", "--dry-run"]) == 0
+    output = capsys.readouterr().out
+    assert "  forget loss: random_ce, coefficient 10 easing to 0.75x within each phase" in output  # the shared settings
+    assert "remove_coef=20,epochs_per_layer=2: unlearn.remove_coef=20 train.epochs_per_layer=2; 2 optimizer steps (1 phases); a new run" in output
+    assert "4 runs, 6 optimizer steps in all; about 4 evaluations of the results and 1 of the baseline" in output
+    assert not (tmp_path / "sweep").exists()
+    # each run is checked as peel unlearn --dry-run checks it: a swept value that breaks one run is found
+    assert main(["sweep", str(config), "--grid", "data.retain.text_field=text,body", "--dry-run"]) == 2
+    assert "has no column 'body'" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()

@@ -96,6 +96,28 @@ def test_bad_attack_settings_are_one_line_errors_before_anything_runs(world, arg
     assert not world["out"].exists()
 
 
+def test_dry_run_prints_each_attack_and_the_grids_size_and_loads_no_model(world, capsys, monkeypatch):
+    import peel.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(peel.models, "load_model", no_loading)
+    capsys.readouterr()
+    assert main(["tamper", world["model"], "testbed:base", "--output-dir", str(world["out"]), *SMALL, "tamper.steps=5",
+                 "tamper.eval_every=2", world["data"], "tamper.few_shot=[0, 3]",
+                 "--grid", "tamper.lr=1e-4,1e-3", "--grid", "tamper.adapter=full,lora", "--dry-run"]) == 0
+    output = capsys.readouterr().out
+    assert f"target {world['model']} -> {world['out'] / 'model'}" in output
+    assert "few_shot=3: few_shot (few_shot 3)" in output
+    assert ("lr=1e-3,adapter=lora: fine_tune (adapter lora, lora_rank 16, optimizer adamw, lr 0.001, lr_scheduler constant, "
+            "warmup_ratio 0, steps 5, per_device_batch_size 4") in output
+    # 4 fine-tuning attacks evaluated at steps 2, 4 and 5, the 3-shot prompt, and step 0 shared: 14 per target
+    assert ("6 attacks: 4 fine-tuning (20 optimizer steps in all), 2 that train nothing; about 14 evaluations of "
+            "testbed_forget, testbed_retain per target (28 for 2 targets)") in output
+    assert not world["out"].exists()
+
+
 def test_a_grid_writes_every_attack_its_worst_case_and_resumes_without_rerunning(world, monkeypatch, capsys):
     command = ["tamper", world["model"], "--output-dir", str(world["out"]), *SMALL, world["data"],
                "tamper.few_shot=[0,1]", "--grid", "tamper.lr=1e-3,1e-2"]
@@ -149,7 +171,13 @@ def test_several_targets_a_baseline_and_a_comparison_side_by_side(world, tmp_pat
         record = json.loads((world["out"] / name / "tamper.json").read_text())
         assert [attack["name"] for attack in record["attacks"]] == ["attack"]
         assert set(record["baseline"]) == {"testbed_forget", "testbed_retain"}  # --baseline, evaluated and cached
-        assert set(record["summary"]["testbed_forget"]["steps_to_recover"]) == {"50", "90"}
+        entry, baseline = record["summary"]["testbed_forget"], record["baseline"]["testbed_forget"]
+        if entry["step0"] < baseline - 1e-9:
+            assert set(entry["steps_to_recover"]) == {"50", "90"}
+        else:  # nothing lost (the baseline model attacked is itself): nothing to recover, not "step 0"
+            assert entry["steps_to_recover"] is None
+        if name == "model":
+            assert entry["step0"] == baseline and entry["steps_to_recover"] is None
         assert (world["out"] / name / "tamper.png").is_file()
     assert (world["out"] / "tamper.png").is_file()  # the three side by side
     assert list((tmp_path / "cache" / "baselines").glob("*.json"))

@@ -167,3 +167,54 @@ def test_evaluation_baseline_is_cached_and_written_beside_the_result(tiny_models
     assert record["baseline"]["accuracy"].keys() == record["accuracy"].keys()
     phase_ends = [r for r in map(json.loads, (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
     assert [r["step"] for r in phase_ends] == [2, 4]
+
+
+def test_adapters_are_added_without_the_deprecation_warning(tiny_models):
+    """peft reads transformers' deprecated `is_gradient_checkpointing`, which warned once per run
+    (unlearning) and once per LoRA attack: the adapters come without that FutureWarning."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from peel.attacks.fine_tune import train_lora_adapter
+    from peel.config import LoraOptions
+    from peel.weights import LoraWeights
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        LoraWeights(AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neox"]), LoraOptions(rank=2, alpha=2))
+        train_lora_adapter(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), 2)
+
+
+def test_dry_run_prints_the_method_settings_and_writes_nothing(tiny_models, corpora, tmp_path, capsys):
+    from peel.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"model: {{name_or_path: {tiny_models['gpt_neox']}}}\n"
+        f"data: {{forget: {{path: {corpora['forget']}}}, retain: {{path: {corpora['retain']}}}, num_examples: 16, max_length: 16}}\n"
+        "unlearn: {layers: [3, 1], forget_loss: npo, npo_beta: 0.2, retain_loss: kl, remove_coef: 30, grad_filter: same_sign}\n"
+        "train: {global_batch_size: 8, per_device_batch_size: 4, lr: 5.0e-4, dtype: float32}\n"
+        "tamper: {grid: [{lr: 1.0e-3, steps: 30}], few_shot: [0], eval_every: 10, tasks: [testbed_forget, testbed_retain]}\n"
+        f"output_dir: {tmp_path / 'run'}\n"
+    )
+    capsys.readouterr()
+    assert main(["unlearn", str(config), "unlearn.lora.rank=4", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for expected in [
+        "forget loss: npo (beta 0.2, per token), coefficient 30 easing to 0.75x within each phase",
+        "retain loss: kl, coefficient 5 (ramp from_zero)",
+        "gradients: filter same_sign",
+        "adapter: lora in every layer (rank 4, alpha 16, dropout 0, target modules all-linear)",
+        "optimizer: adamw, lr 0.0005, weight decay 0, linear schedule per phase, warmup 0, clip 1",
+        "batch: 4 per device x 1 process(es) x 2 accumulation = 8 per step; 1 epoch(s) per layer; dtype float32; "
+        "gradient checkpointing off; parallel auto; seed 0",
+        "plan: layers [3, 1] of 4; 16 forget and retain examples per phase; 2 optimizer steps per phase (4 in all), "
+        "2 micro-batch(es) per step on each process",
+        "  lr=0.001,steps=30: fine_tune (adapter full, optimizer adamw, lr 0.001, lr_scheduler constant, warmup_ratio 0, steps 30, "
+        "per_device_batch_size 4, epochs 1, max_grad_norm 0, data.path Unlearning/WMDP-Bio-Remove-Dataset)",
+        "  2 attacks: 1 fine-tuning (30 optimizer steps in all), 1 that train nothing; about 4 evaluations of "
+        "testbed_forget, testbed_retain",
+    ]:
+        assert expected in lines, (expected, lines)
+    assert not (tmp_path / "run").exists()

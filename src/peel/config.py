@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from peel.errors import PeelError, reading
+from peel.relative_paths import resolve_paths
 
 
 @dataclass(frozen=True)
@@ -385,48 +385,54 @@ class Config:
 # Loading, overriding and checking
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file (and the files it names as `base`), then `dotted.key=value` overrides."""
-    raw = read_yaml(Path(path)) if path is not None else {}
+def load_config(path: str | Path | None = None, overrides: list[str] = (), relative_to_file: bool = True) -> Config:
+    """Defaults, then the YAML file (and the files it names as `base`), then `dotted.key=value` overrides.
+
+    Relative paths in the file are relative to it; a run folder's config.yaml is read with
+    `relative_to_file=False`: it records paths as peel was given them (absolute since paths became
+    relative to their file; relative to where peel ran in older runs)."""
+    raw = read_yaml(Path(path), relative_to_file=relative_to_file) if path is not None else {}
     config = build(Config, raw, prefix="")
     return apply_overrides(config, overrides)
 
 
-def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def read_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to_file: bool = True) -> dict:
     """A config file as a mapping. `base: other.yaml` (relative to the file) is read first and
-    deep-merged under it, so a family of configs states only what differs from its base."""
+    deep-merged under it, so a family of configs states only what differs from its base. Paths
+    in the file (data, keyword lists, local models) are relative to it too (relative_paths.py)."""
+    if path.is_dir():
+        raise PeelError(f"config file {str(path)!r} is a folder; accepted: a YAML config file, such as "
+                        "configs/testbed_lora.yaml")
     if not path.is_file():
-        raise PeelError(f"config file {str(path)!r} does not exist")
+        raise PeelError(f"config file {str(path)!r} does not exist; accepted: a YAML config file")
     if path.resolve() in seen:
         raise PeelError(f"config file {str(path)!r} names itself as a base (through {[str(p) for p in seen]})")
     with reading(f"config file {str(path)!r}", "a YAML mapping of config sections"):
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text(), path)
     if not isinstance(raw, dict):
         raise PeelError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
-    raw = resolve_relative_paths(raw, path.parent)
     base = raw.pop("base", None)
+    if relative_to_file:  # the file's paths, like its base, are relative to it
+        raw = resolve_paths(raw, path.parent)
     if base is None:
         return raw
     if not isinstance(base, str):
         raise PeelError(f"config key 'base' in {str(path)!r} got {base!r}; accepted: a path to another config file")
-    return deep_merge(read_yaml(path.parent / base, (*seen, path.resolve())), raw)
+    return deep_merge(read_yaml(path.parent / base, (*seen, path.resolve()), relative_to_file), raw)
 
 
-# Config keys (section, key) holding a path that a config file gives relative to itself, as it
-# gives `base:`, so a config and what it names move together. An override on the command line
-# stays relative to the working folder, as any path typed there.
-FILE_RELATIVE_KEYS = (("eval", "include_path"),)
-
-
-def resolve_relative_paths(raw: dict, folder: Path) -> dict:
-    """`raw` with each relative path of FILE_RELATIVE_KEYS made absolute against `folder`."""
-    resolved = dict(raw)
-    for section, key in FILE_RELATIVE_KEYS:
-        values = raw.get(section)
-        value = values.get(key) if isinstance(values, dict) else None
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            resolved[section] = {**values, key: os.path.abspath(folder / value)}
-    return resolved
+def parse_yaml(text: str, path: Path) -> Any:
+    """A YAML document's value; a syntax error is one line with where it is (`first_line` of
+    PyYAML's message would keep only "while scanning for the next token")."""
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+        problem = error.problem or error.context or "invalid YAML"
+        tab = " (YAML indents with spaces, never tabs)" if "'\\t'" in problem else ""
+        raise PeelError(f"config file {str(path)!r} is not valid YAML at {where}: {problem}{tab}; "
+                        "accepted: a YAML mapping of config sections") from None
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -440,7 +446,10 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Return a copy of `config` with each `dotted.key=value` applied (the value is parsed as YAML)."""
+    """Return a copy of `config` with each `dotted.key=value` applied (the value is parsed as YAML).
+
+    Relative paths left after them are relative to where peel runs, and are made absolute here,
+    so the config.yaml a run keeps means the same from any folder (a sweep's job reads it as a file)."""
     raw = to_dict(config)
     for item in overrides:
         key, separator, text = item.partition("=")
@@ -451,7 +460,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         except yaml.YAMLError:
             value = text
         _set_dotted(raw, key, value)
-    return build(Config, raw, prefix="")
+    return build(Config, resolve_paths(raw, Path.cwd()), prefix="")
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:

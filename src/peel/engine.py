@@ -73,10 +73,13 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     # ---- setup: every check before anything is written
     prepared = prepare(config, force)
     plan = prepared.plan
+    if dry_run and distributed.is_main():
+        from peel.dry_run import unlearn_lines
+
+        print("\n".join(["checked, nothing written:", *unlearn_lines(config, plan, prepared.folder_state, distributed.world_size())]))
     if dry_run or prepared.folder_state == resume.COMPLETED:
-        if distributed.is_main():
-            completed = f"{output_dir} holds a completed run of this config; nothing to do (--force runs it again)"
-            print(f"checked: {plan.describe()}" if dry_run else completed)
+        if distributed.is_main() and not dry_run:
+            print(f"{output_dir} holds a completed run of this config; nothing to do (--force runs it again)")
         return output_dir
     model = load(config)
     tokenizer = prepared.tokenizer

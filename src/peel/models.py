@@ -138,7 +138,22 @@ def resolve_model_path(name_or_path: str) -> str:
         name_or_path = packaged_model_file(name_or_path)
     if name_or_path.endswith(GGUF_SUFFIX):
         return dequantized_folder(name_or_path)
+    check_local_model(name_or_path)
     return name_or_path
+
+
+def check_local_model(path: str) -> None:
+    """A local path must be a save_pretrained folder: transformers reads any other file as a
+    config.json and says it is not valid JSON, naming neither the real cause nor the remedy."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        raise PeelError(f"model {path!r} is a file, not a model folder; accepted: the folder that holds config.json "
+                        f"and the weights (here perhaps {str(local.parent)!r}), a {GGUF_SUFFIX} file, or a hub id")
+    if local.is_dir() and not (local / "config.json").is_file():
+        inner = local / "model"
+        hint = f" (a run folder keeps its model in {str(inner)!r})" if (inner / "config.json").is_file() else ""
+        raise PeelError(f"model folder {path!r} has no config.json{hint}; accepted: a folder that "
+                        "save_pretrained wrote (config.json, safetensors weights, tokenizer files), or a hub id")
 
 
 def load_model_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -157,11 +172,31 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     path = resolve_model_path(name_or_path)
     with reading(f"the tokenizer of {name_or_path!r}", "a model folder or hub id with tokenizer files"):
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    check_round_trip(tokenizer, name_or_path)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PeelError(f"the tokenizer of {name_or_path!r} has neither a pad nor an eos token; peel needs one")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# Plain text every tokenizer of a language model reads and writes back (up to spaces and case).
+ROUND_TRIP_TEXT = "the quick brown fox jumps over the lazy dog"
+
+
+def check_round_trip(tokenizer, name_or_path: str) -> None:
+    """Refuse a tokenizer that cannot encode and decode plain text. A model folder without
+    tokenizer files still loads one: transformers builds the model type's tokenizer class with an
+    empty vocabulary (two special tokens), which turns every text into no tokens."""
+    ids = tokenizer(ROUND_TRIP_TEXT, add_special_tokens=False)["input_ids"]
+    decoded = tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+    if "".join(decoded.split()).casefold() != "".join(ROUND_TRIP_TEXT.split()):
+        raise PeelError(
+            f"the tokenizer of {name_or_path!r} cannot read plain text ({len(tokenizer)} tokens; {ROUND_TRIP_TEXT!r} "
+            f"becomes {len(ids)} tokens, decoded {decoded!r}): no usable tokenizer files were found with the model; accepted: "
+            "a model folder with tokenizer.json or the tokenizer files of its model type (save the tokenizer beside "
+            "the weights with tokenizer.save_pretrained), or a hub id"
+        )
 
 
 def load_model_and_tokenizer(

@@ -21,7 +21,7 @@ from peel.errors import PeelError, reading
 from peel.evaluation.records import read_evaluation
 from peel.plots import CHANCE
 from peel.run_folder import read_run_record
-from peel.attacks.results import read_tamper, with_baseline
+from peel.attacks.results import lost, read_tamper, with_baseline
 
 # Settings a sweep varies inside one table; each becomes a column when it varies (or always, below).
 SWEPT = {
@@ -272,15 +272,21 @@ def resistance_table(runs: list[Run]) -> list[str]:
             entry = run.tamper["summary"].get(task)
             if entry is None:
                 continue
-            recovery = entry["steps_to_recover"]
-            back = ["-", "-"] if recovery is None else [
-                "never" if recovery[share] is None else f"step {recovery[share]}" for share in ("50", "90")]
+            back = recovery_text(entry["steps_to_recover"], entry["step0"], (run.tamper.get("baseline") or {}).get(task))
             retain = entry["retain_at_worst"]
             retain_text = "-" if retain is None else f"{retain:.4f} ({TASK_TITLES.get(run.tamper['retain_task'], run.tamper['retain_task'])})"
             rows.append([run.name, str(len(run.tamper["attacks"])), f"{entry['step0']:.4f}",
                          f"{entry['worst']:.4f} (step {entry['worst_step']})", entry["worst_attack"], *back, retain_text])
         lines += [f"### Tamper resistance: {TASK_TITLES.get(task, task)}", "", *table(rows), ""]
     return lines
+
+
+def recovery_text(recovery: dict | None, step0: float, baseline: float | None) -> list[str]:
+    """The 50% / 90% cells: a step, never, n/a (step 0 at or above the baseline: nothing was lost),
+    or - (no baseline)."""
+    if recovery is None:
+        return ["n/a", "n/a"] if baseline is not None and not lost(step0, baseline) else ["-", "-"]
+    return ["never" if recovery[share] is None else f"step {recovery[share]}" for share in ("50", "90")]
 
 
 def tamper_table(runs: list[Run]) -> list[str]:
@@ -369,7 +375,8 @@ def render(runs: list[Run], plots: dict[str, list[str]] | None = None, probes: d
     if any(run.tamper for run in runs):
         lines += ["## Tampering attack", "", *resistance_table(runs), *tamper_table(runs),
                   "Worst case: at each evaluated step, the highest accuracy over the model's attacks (fine-tuning and "
-                  "few-shot). N% back: the first step at which it regained N% of (baseline - step 0).", ""]
+                  "few-shot). N% back: the first step at which it regained N% of (baseline - step 0); n/a: step 0 at or above "
+                  "the baseline, nothing to recover.", ""]
         lines += [f"![tamper curves]({path})" for path in plots.get("tamper", [])] + [""]
     if probes:
         lines += probe_section(probes, plots)

@@ -31,7 +31,7 @@ def folder_state(output_dir: Path, config: Config, force: bool) -> str:
     config_file = output_dir / "config.yaml"
     if force or not config_file.exists():
         return NEW
-    differences = config_differences(load_config(config_file), config)
+    differences = config_differences(load_config(config_file, relative_to_file=False), config)
     if differences:
         shown = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
         raise PeelError(

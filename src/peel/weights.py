@@ -24,11 +24,24 @@ from peel.config import LoraOptions
 from peel.models import find_anatomy
 
 
+def peft_model(model: nn.Module, lora_config) -> nn.Module:
+    """peft's `get_peft_model`, without the FutureWarning it causes on every call: peft asks the
+    model for transformers' deprecated `is_gradient_checkpointing` (renamed
+    `is_activation_checkpointing`), which warns each time. Only that warning is dropped."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora_config)
+
+
 class LoraWeights:
     """Adapters in every layer, all trainable in every phase (the seed's LoRA runs)."""
 
     def __init__(self, model: nn.Module, options: LoraOptions):
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
         from peft.tuners.lora import LoraLayer
 
         lora_config = LoraConfig(
@@ -39,7 +52,7 @@ class LoraWeights:
             bias="none",
             task_type="CAUSAL_LM",
         )
-        self.model = get_peft_model(model, lora_config)
+        self.model = peft_model(model, lora_config)
         self.anatomy = find_anatomy(self.model)
         self.adapters_by_layer = [
             [module for module in layer.modules() if isinstance(module, LoraLayer)] for layer in self.anatomy.layers

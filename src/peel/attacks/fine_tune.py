@@ -34,9 +34,11 @@ def train_all_weights(model, rank: int):
 
 def train_lora_adapter(model, rank: int):
     """An adapter on every linear layer, alpha = rank: the seed's unlearning adapter, now in the attacker's hands."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear", lora_dropout=0.0))
+    from peel.weights import peft_model
+
+    return peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear", lora_dropout=0.0))
 
 
 # tamper.adapter -> how the attacker's trainable parameters are set up
@@ -205,6 +207,12 @@ def attack_examples(settings: TamperConfig) -> int:
 
 def untouched(settings: dict) -> bool:
     return True  # step 0 is before the first optimizer step
+
+
+def evaluations(attack) -> int:
+    """The steps after 0 that `tamper` evaluates: every eval_every, and the last."""
+    steps, every = attack.settings.steps, attack.settings.eval_every
+    return len({*range(every, steps + 1, every), *([steps] if steps else [])})
 
 
 def corpus(attack) -> tuple:

@@ -29,11 +29,13 @@ class Kind:
     untouched: Callable[[dict], bool]  # from a record's settings: is step 0 of its curve the model as it is?
     corpus: Callable | None = None  # (Attack) -> (DataSource, examples, seed, required) it reads, found before loading
     needs_original: bool = False  # it compares the target with the model it was made from
+    # (Attack) -> evaluations it runs after step 0; None: one, or none when it leaves the model as it is
+    evaluations: Callable | None = None
     check: Callable | None = None  # (options, num_layers, where) -> None: refuses options the target's model cannot take
 
 
 KINDS = {
-    "fine_tune": Kind(None, None, fine_tune.run, fine_tune.untouched, fine_tune.corpus),
+    "fine_tune": Kind(None, None, fine_tune.run, fine_tune.untouched, fine_tune.corpus, evaluations=fine_tune.evaluations),
     "few_shot": Kind(few_shot.Options, ("tasks", "dtype"), few_shot.run, few_shot.untouched),
     "quantize": Kind(quantize.Options, ("tasks", "dtype"), quantize.run, quantize.untouched),
     "orthogonalize": Kind(orthogonalize.Options, ("tasks", "dtype", "data", "max_length", "seed"),
@@ -92,3 +94,12 @@ def untouched_at_zero(record: dict) -> bool:
     releases name no kind: they were fine-tuning attacks)."""
     entry = KINDS.get(record.get("kind", DEFAULT_KIND))
     return entry is not None and entry.untouched(record.get("settings", {}))
+
+
+def evaluations(attack) -> int:
+    """How many evaluations of the tracked tasks an attack adds to the untouched model's step 0,
+    which every attack of a grid shares (what --dry-run estimates)."""
+    entry = KINDS[attack.kind]
+    if entry.evaluations is not None:
+        return entry.evaluations(attack)
+    return 0 if entry.untouched(attack.description()["settings"]) else 1

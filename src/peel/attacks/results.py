@@ -8,6 +8,9 @@
      "summary": {FORGET_TASK: {"step0", "worst", "worst_step", "worst_attack", "retain_at_worst",
                                "steps_to_recover": {"50": step or null, "90": step or null} or null}}}
 
+`steps_to_recover` is null without a baseline, and when step 0 is already at or above the
+baseline: nothing was lost, so there is nothing to recover (it never reads "step 0" then).
+
 The tracked tasks are the forget task(s) first and, with two or more, the retain task last. A
 few-shot, quantization or orthogonalization attack's curve is its one evaluation, at step 0. Pure functions on plain data (no torch),
 so `peel report` reads results anywhere. The first peel releases wrote a bare curve (a list of
@@ -57,14 +60,22 @@ def step_zero(attacks: list[dict], task: str) -> float | None:
     return min(values) if values else None
 
 
-def steps_to_recover(worst: list[dict], task: str, start: float, baseline: float) -> dict[str, int | None]:
+def steps_to_recover(worst: list[dict], task: str, start: float, baseline: float) -> dict[str, int | None] | None:
     """For each share s in RECOVERY_SHARES: the first evaluated step at which the worst case has
-    regained s% of what was lost (baseline - start); None when it never does."""
+    regained s% of what was lost (baseline - start); None when it never does. None as a whole
+    when nothing was lost (start at or above the baseline): every share would read "step 0"."""
+    if not lost(start, baseline):
+        return None
     found = {}
     for share in RECOVERY_SHARES:
         target = start + share / 100 * (baseline - start)
         found[str(share)] = next((row["step"] for row in worst if task in row and row[task] >= target - TOLERANCE), None)
     return found
+
+
+def lost(start: float, baseline: float) -> bool:
+    """Whether the untouched model lost anything against the baseline (recovery means nothing otherwise)."""
+    return start < baseline - TOLERANCE
 
 
 def strongest(attacks: list[dict], task: str) -> tuple[float, int, str] | None:

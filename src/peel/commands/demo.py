@@ -237,6 +237,8 @@ def format_row(row: dict[str, float]) -> str:
 def markdown(summary: dict, probes: dict) -> str:
     """summary.md: one row per model (accuracies, where its hidden states still hold the forget
     answers, its worst case under attack), then the probes, the worst case and each attack."""
+    from peel.report import probe_table, recovery_text
+
     lines = ["| model | forget accuracy | retain accuracy | forget probe, best layer | forget lens, best layer | worst case under attack |",
              "|---|---|---|---|---|---|"]
     for name, row in summary["models"].items():
@@ -245,16 +247,13 @@ def markdown(summary: dict, probes: dict) -> str:
         attacked = summary["resistance"].get(name)
         worst = "-" if attacked is None else f"{attacked['worst']:.3f} ({attacked['worst_attack']})"
         lines.append(f"| {name} | {row['forget_acc']:.3f} | {row['retain_acc']:.3f} | {probe} | {lens} | {worst} |")
-    from peel.report import probe_table
-
     lines += ["", "Probes (best layer L of each reader; the probe on held-out questions, the lens through the final norm "
               "and unembedding; every layer in probe/probe.json and probe/probe.png):", "", *probe_table(probes)]
     budget = max(row["step"] for rows in summary["tamper"].values() for row in rows)
     lines += ["", f"Tamper resistance (forget accuracy; worst case over each model's attacks within {budget} steps):", "",
               "| model | step 0 | worst | worst attack (step) | 50% back | 90% back | retain there |", "|---|---|---|---|---|---|---|"]
     for name, entry in summary["resistance"].items():
-        recovery = entry["steps_to_recover"] or {}
-        back = [f"step {recovery[s]}" if recovery.get(s) is not None else "never" for s in ("50", "90")]
+        back = recovery_text(entry["steps_to_recover"], entry["step0"], summary["models"]["base"]["forget_acc"])
         retain = "-" if entry["retain_at_worst"] is None else f"{entry['retain_at_worst']:.3f}"
         lines.append(f"| {name} | {entry['step0']:.3f} | {entry['worst']:.3f} | {entry['worst_attack']} ({entry['worst_step']}) | "
                      f"{' | '.join(back)} | {retain} |")

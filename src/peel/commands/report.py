@@ -16,13 +16,18 @@ state; a tampering table; a probe table (best layer's probe and logit-lens accur
 task); and plots (loss curves per phase, accuracy vs phase, overlaid tamper curves, probe accuracy
 vs layer) in a folder beside the report.
 
+A sweep folder (peel sweep's output_dir) stands for its runs. Anything else among RUN (a file, a
+folder of peel eval or peel tamper --output-dir, any other folder) is skipped with a one-line note.
+
 example:
   peel report runs/* --output report.md
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="Run folders, and folders peel probe wrote probe.json into.")
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="Run folders, sweep folders (their runs), and folders peel probe wrote probe.json into; "
+                        "anything else is skipped with a note.")
     parser.add_argument("--output", default="report.md", help="Markdown file to write (plots go to <name>_plots/).")
 
 
@@ -36,12 +41,58 @@ def run(args: argparse.Namespace) -> int:
     if output.is_dir():
         raise PeelError(f"--output {args.output!r} is a folder; accepted: a markdown file to write, e.g. report.md")
     check_writable(output.parent, "the folder of --output")
-    probes = read_probes(args.runs)
-    # a folder that holds only probe.json (peel probe --output-dir) is not a run folder
-    runs = [read_run(folder) for folder in args.runs
-            if Path(folder).resolve().name not in probes or (Path(folder) / "config.yaml").is_file()]
+    run_folders, probe_folders = sort_folders(args.runs)
+    probes = read_probes(probe_folders)
+    runs = [read_run(folder) for folder in run_folders]
     output.parent.mkdir(parents=True, exist_ok=True)
     links = draw_plots(runs, output.parent / f"{output.stem}_plots", relative_to=output.parent, probes=probes)
     output.write_text(render(runs, links, probes))
     print(f"wrote {output}")
     return 0
+
+
+# Files that say what made a folder that is not a run folder, for the note that skips it.
+OTHER_OUTPUTS = {"eval.json": "peel eval", "tamper.json": "peel tamper", "summary.json": "peel demo"}
+
+
+def sort_folders(paths: list[str]) -> tuple[list[Path], list[Path]]:
+    """(run folders, probe folders) among `paths`, as `runs/*` gives them: a sweep folder becomes
+    its runs; a file or another folder is skipped with a note. Nothing to report is an error."""
+    from pathlib import Path
+
+    from peel.probing.record import PROBE_FILE
+    from peel.run_folder import SWEEP_FILE, read_json
+
+    runs, probes, skipped = [], [], []
+    for text in paths:
+        path = Path(text)
+        if not path.exists():
+            raise PeelError(f"{text!r} does not exist; accepted: run folders, sweep folders, folders peel probe wrote")
+        if (path / "config.yaml").is_file():
+            runs.append(path)
+        elif (path / SWEEP_FILE).is_file():
+            index = read_json(path / SWEEP_FILE, "sweep.json as peel sweep writes it")
+            entries = index.get("runs") if isinstance(index, dict) else None
+            if not isinstance(entries, list):
+                raise PeelError(f"{path / SWEEP_FILE} has no list of runs; accepted: sweep.json as peel sweep writes it")
+            found = [path / entry["name"] for entry in entries
+                     if isinstance(entry, dict) and isinstance(entry.get("name"), str) and (path / entry["name"] / "config.yaml").is_file()]
+            print(f"peel report: {text}: a sweep folder, reading its {len(found)} run(s)")
+            runs += found
+        if (path / PROBE_FILE).is_file():
+            probes.append(path)
+        elif not (path / "config.yaml").is_file() and not (path / SWEEP_FILE).is_file():
+            skipped.append(text)
+            print(f"peel report: skipping {text}: it is {what_it_is(path)}")
+    if not runs and not probes:
+        raise PeelError(f"nothing to report: {skipped[0]!r} is {what_it_is(Path(skipped[0]))}; "
+                        "accepted: run folders (with config.yaml), sweep folders (with sweep.json), folders peel probe wrote")
+    return runs, probes
+
+
+def what_it_is(path) -> str:
+    """Why a path is not a run folder, in a few words."""
+    if path.is_file():
+        return "a file, not a run folder"
+    made_by = next((command for name, command in OTHER_OUTPUTS.items() if (path / name).is_file()), None)
+    return f"not a run folder (no config.yaml; {made_by} output)" if made_by else "not a run folder (no config.yaml)"

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE", help="A Slurm job setting; repeat for more.")
     parser.add_argument("--local", action="store_true", help="Run every run in this process, one after another.")
     parser.add_argument("--status", metavar="DIR", help="List the runs of the sweep in DIR with their state.")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Check every run as peel unlearn --dry-run does, print the shared settings, each run's "
+                        "swept values and steps, and the sweep's size (runs, steps, estimated evaluations); write nothing.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +59,15 @@ def run(args: argparse.Namespace) -> int:
         raise PeelError("--local runs here; --slurm settings are for submitted jobs: give one or the other")
 
     runs = sweep.plan(args.config, args.overrides, args.grid)
+    if args.dry_run:
+        from peel.dry_run import sweep_lines
+        from peel.planning import prepare
+
+        if not args.local:
+            jobs.slurm_parameters(args.slurm)  # a bad --slurm word is found in a dry run too
+        prepared = [prepare(run.config) for run in runs]  # each run checked as peel unlearn --dry-run would
+        print("\n".join(["checked, nothing written:", *sweep_lines(runs, prepared, distributed.world_size())]))
+        return 0
     if args.local:
         distributed.init()  # under torchrun every process runs each run together
         to_do = sweep.to_do(runs)

@@ -38,7 +38,8 @@ Writes into the run folder or --output-dir (with several targets, --output-dir/<
                      {"step0", "worst", "worst_step", "worst_attack", "retain_at_worst",
                      "steps_to_recover": {"50": step, "90": step}}}, "baseline", "pending"};
                      steps_to_recover: first step at which the worst case regained that share of
-                     (baseline - step 0), null if never;
+                     (baseline - step 0), null if never; steps_to_recover is null without
+                     a baseline or when step 0 is at or above it (nothing was lost);
   tamper.png         a panel per task: each attack a thin line, the worst case bold, baseline and
                      chance; several targets or --compare side by side (in --output-dir, else the
                      first target's folder).
@@ -84,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                         help="Submit one Slurm job per attack with this setting (as peel sweep); repeatable.")
     parser.add_argument("--force", action="store_true", help="Attack again where a folder holds attacks with other settings.")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Check the targets, settings, folders and attack data, print each attack and the grid's size "
+                        "(attacks, optimizer steps, estimated evaluations), and write nothing.")
     parser.set_defaults(overrides=[])
 
 
@@ -105,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
     tracking.check(config.track.to)
     check_attack_data(plans[0].attacks)  # the corpora last: they may take a moment to load
     source = plans[0].baseline
+    if args.dry_run:
+        from peel.dry_run import tamper_lines
+
+        print("\n".join(["checked, nothing written:", *tamper_lines(plans)]))
+        return 0
 
     if args.slurm:
         executor = jobs.make_executor(plans[0].attacks_folder / "jobs", slurm)
@@ -174,8 +183,9 @@ def draw(plans, documents: dict, compared: dict, output_dir: str | None) -> None
 
 def print_summary(folder: Path, document: dict) -> None:
     for task, entry in document["summary"].items():
-        recovery = entry["steps_to_recover"]
-        recovered = "no baseline" if recovery is None else ", ".join(
+        recovery, baseline = entry["steps_to_recover"], (document.get("baseline") or {}).get(task)
+        nothing_lost = f"nothing to recover (step 0 at or above the baseline {baseline:.4f})" if baseline is not None else "no baseline"
+        recovered = nothing_lost if recovery is None else ", ".join(
             f"{share}% back at step {step}" if step is not None else f"{share}% never" for share, step in recovery.items())
         retain = "" if entry["retain_at_worst"] is None else f"; {document['retain_task']} there {entry['retain_at_worst']:.4f}"
         print(f"{folder}: {task}: step 0 {entry['step0']:.4f}, worst {entry['worst']:.4f} "

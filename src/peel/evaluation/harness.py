@@ -134,11 +134,30 @@ def evaluate_with(model, tokenizer, settings) -> dict | None:
 
 @contextlib.contextmanager
 def quiet_lm_eval():
-    """Keep lm-eval's per-call notices (in-memory model, custom dataset) out of long logs."""
+    """Keep lm-eval's per-call notices (in-memory model, custom dataset) out of long logs, and its
+    git call's complaint out of the terminal (see `quiet_git_hash`)."""
+    from unittest import mock
+
+    import lm_eval.evaluator
+
     logger = logging.getLogger("lm_eval")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", quiet_git_hash):
+            yield
     finally:
         logger.setLevel(level)
+
+
+def quiet_git_hash() -> str | None:
+    """What lm-eval's `get_git_commit_hash` answers (the commit of the working directory's
+    checkout, for its results' `git_hash`), without the stderr it leaves open: run outside a git
+    checkout, every evaluation printed "fatal: not a git repository"."""
+    import subprocess
+
+    try:
+        result = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None

@@ -27,7 +27,7 @@ def resolve_target(target: str, overrides: list[str]) -> Target:
         model_folder = path / "model"
         if not (model_folder / "config.json").is_file():
             raise PeelError(f"run folder {target!r} has no model/ (the run did not finish; see its run.json)")
-        return Target(str(model_folder), path, load_config(path / "config.yaml", overrides))
+        return Target(str(model_folder), path, load_config(path / "config.yaml", overrides, relative_to_file=False))
     config = load_config(None, overrides)
     if config.model.gguf_file is not None:  # TARGET is the folder holding the GGUF file
         return Target(model_location(target, config.model.gguf_file), None, config)
