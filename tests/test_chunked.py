@@ -74,7 +74,10 @@ def assert_same(whole, chunked):
     torch.testing.assert_close(chunked_losses, whole_losses, rtol=1e-5, atol=1e-6)
     assert any(gradient.abs().sum() > 0 for gradient in whole_gradients)
     for whole_gradient, chunked_gradient in zip(whole_gradients, chunked_gradients):
-        torch.testing.assert_close(chunked_gradient, whole_gradient, rtol=1e-4, atol=1e-6)
+        # Sums taken in another order round differently: float32 error scales with the gradient's
+        # largest entries, so a near-zero entry is held to a share of those, not to 1e-6 alone.
+        scale = whole_gradient.abs().max().item()
+        torch.testing.assert_close(chunked_gradient, whole_gradient, rtol=1e-4, atol=max(1e-6, 1e-5 * scale))
 
 
 class HeadCalls:

@@ -102,7 +102,12 @@ def test_lora_with_fsdp2_matches_one_process(tiny_models, corpora, tmp_path, on_
     adapters = [load_file(tmp_path / name / "adapter" / "adapter_model.safetensors") for name in ("one", "two")]
     assert adapters[0].keys() == adapters[1].keys() and adapters[0]
     for name in adapters[0]:
-        torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=1e-4, atol=1e-5)
+        # Sharded and whole sums round in another order, and AdamW's normalised steps carry that
+        # rounding into entries whose gradients are near zero: the error scales with the matrix's
+        # largest entries, so the absolute tolerance is a share (0.1%) of those; a real mismatch
+        # (a shard's update lost or doubled) is of the order of the entries themselves.
+        scale = adapters[0][name].abs().max().item()
+        torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=1e-4, atol=1e-3 * scale)
 
 
 def test_full_fine_tuning_with_fsdp2_matches_one_process(tiny_models, corpora, tmp_path, on_cpu, monkeypatch):
