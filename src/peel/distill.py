@@ -155,8 +155,8 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
             completed = f"{output_dir} holds a completed distillation of this config; nothing to do (--force runs it again)"
             print(f"checked: {prepared.describe(settings.steps, settings.alpha)}" if dry_run else completed)
         return output_dir
-    teacher = load_model(str(prepared.teacher), dtype=config.train.dtype).to(device).requires_grad_(False)
-    teacher = Network(teacher, find_anatomy(teacher))
+    teacher_model = load_model(str(prepared.teacher), dtype=config.train.dtype).to(device).requires_grad_(False)
+    teacher = Network(teacher_model, find_anatomy(teacher_model))
     student_model = initial_student(prepared.teacher, config.train.dtype, settings.alpha, settings.seed).to(device)
     student = Network(student_model, find_anatomy(student_model))
     saved = checkpoint.load(output_dir) if prepared.folder_state == resume.RESUME else None
