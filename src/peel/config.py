@@ -362,7 +362,7 @@ class DistillConfig:
 
     run: str | None = option(None, "The completed unlearning run folder distilled (its model/ is the teacher); peel distill sets it from RUN.")
     alpha: float = option(
-        0.6, "Share of the student's initial weights taken from a fresh initialisation: (1 - alpha) x unlearned + "
+        0.8, "Share of the student's initial weights taken from a fresh initialisation: (1 - alpha) x unlearned + "
         "alpha x re-initialised (the model's own config and init); 0 = the unlearned model, 1 = a fresh init.", FRACTION
     )
     steps: int = option(300, "Distillation optimizer steps; 0 = the mixed model as it is.", NON_NEGATIVE)
