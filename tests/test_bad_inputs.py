@@ -226,6 +226,10 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     # elements
     ("elements build into a file", lambda w: ["elements", "build", "--output-dir", str(write(w, "elements_file", "x"))], "elements_file' is an existing file"),
     ("elements build of a missing model", lambda w: ["elements", "build", "--output-dir", str(w.root / "el"), "--model", "/nonexistent/m"], "'/nonexistent/m'"),
+    # distill: RUN must be a completed unlearning run (the distillation's own values: tests/test_distill.py)
+    ("distill of a folder that is no run", lambda w: ["distill", str(w.root / "no_run")], "is not a run folder (no config.yaml)"),
+    ("distill of a run without a model", lambda w: ["distill", str(w.runs / "good"), "--output-dir", str(w.root / "d")],
+     "holds no completed run"),
     # the command line itself
     ("unknown option", lambda w: ["unlearn", str(w.config), "--no-such-flag"], "--no-such-flag"),
     ("override without a value", lambda w: unlearn(w, "train.lr"), "override 'train.lr' is not of the form dotted.key=value"),

@@ -18,6 +18,7 @@ from peel.errors import PREEMPTED_EXIT_STATUS, PeelError, Preempted, RunFailed, 
 # name -> module under peel.commands; the order is the order `peel --help` lists them in.
 COMMANDS = {
     "unlearn": "peel.commands.unlearn",
+    "distill": "peel.commands.distill",
     "eval": "peel.commands.evaluate",
     "tamper": "peel.commands.tamper",
     "probe": "peel.commands.probe",

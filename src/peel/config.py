@@ -368,6 +368,32 @@ class ProbeConfig:
 
 
 @dataclass
+class DistillConfig:
+    """peel distill RUN: the unlearned model (RUN/model) is the teacher; the student starts as a
+    mix of it and a re-initialised copy and learns the teacher's next-token distributions."""
+
+    run: str | None = option(None, "The completed unlearning run folder distilled (its model/ is the teacher); peel distill sets it from RUN.")
+    alpha: float = option(
+        0.8, "Share of the student's initial weights taken from a fresh initialisation: (1 - alpha) x unlearned + "
+        "alpha x re-initialised (the model's own config and init); 0 = the unlearned model, 1 = a fresh init.", FRACTION
+    )
+    steps: int = option(300, "Distillation optimizer steps; 0 = the mixed model as it is.", NON_NEGATIVE)
+    data: DataSource | None = option(
+        None, "Text the student learns the teacher's logits on; null = the run's data.retain corpus."
+    )
+    num_examples: int | None = option(None, "Texts read from distill.data; null = every usable one.", AT_LEAST_ONE)
+    lr: float = option(1e-3, "Peak learning rate (AdamW).", POSITIVE)
+    lr_scheduler: Literal["linear", "constant", "cosine"] = option("cosine", "Learning-rate schedule over distill.steps.")
+    warmup_ratio: float = option(0.1, "Share of the steps spent warming up the learning rate.", FRACTION)
+    weight_decay: float = option(0.0, "AdamW weight decay.", NON_NEGATIVE)
+    max_grad_norm: float = option(1.0, "Clip the gradient to this norm; 0 = off.", NON_NEGATIVE)
+    per_device_batch_size: int = option(32, "Examples per forward pass on one device.", AT_LEAST_ONE)
+    global_batch_size: int = option(32, "Examples per optimizer step over all devices; accumulation is derived.", AT_LEAST_ONE)
+    seed: int = option(0, "Seed of the fresh initialisation and of the data order.", NON_NEGATIVE)
+    checkpoint_every: int = option(100, "Save a resumable checkpoint every N steps; 0 = only when stopped by a signal.", NON_NEGATIVE)
+
+
+@dataclass
 class Config:
     model: ModelConfig = option(ModelConfig(), "The model to unlearn.")
     data: DataConfig = option(DataConfig(), "Forget and retain corpora.")
@@ -377,6 +403,7 @@ class Config:
     tamper: TamperConfig = option(TamperConfig(), "The fine-tuning (tampering) attack.")
     track: TrackConfig = option(TrackConfig(), "Live experiment tracking (wandb, trackio, TensorBoard).")
     probe: ProbeConfig = option(ProbeConfig(), "Linear probes and the logit lens per layer (peel probe).")
+    distill: DistillConfig = option(DistillConfig(), "Distillation of an unlearned model into a re-initialised mix (peel distill).")
     output_dir: str = option("runs/default", "The run folder.")
     notes: str = option("", "Free text shown in the Notes column of reports.")
 
