@@ -157,3 +157,16 @@ def test_a_different_config_is_refused_unless_forced(tiny_models, corpora, tmp_p
     assert load_config(folder / "config.yaml").unlearn.remove_coef == 20
     assert not (folder / "tamper.json").exists() and (folder / "notes.txt").exists()
     assert [r["step"] for r in metrics(folder)] == list(range(1, 9))
+
+
+def test_a_changed_distill_section_does_not_refuse_the_unlearning_run(tmp_path):
+    """peel unlearn does not read distill.*: its run folder resumes whatever that section says;
+    peel distill, which reads it, still compares it."""
+    from peel import resume
+    from peel.config import load_config, save_config
+
+    saved = load_config(None, ["distill.alpha=0.3"])
+    save_config(saved, tmp_path / "config.yaml")
+    given = load_config(None, ["distill.alpha=0.8"])
+    assert resume.config_differences(saved, given, uncompared=("distill.",)) == []
+    assert resume.config_differences(saved, given) == ["distill.alpha: 0.3 in the folder, 0.8 now"]

@@ -112,7 +112,7 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     check_parallel(config, distributed.world_size())
     unlearn = config.unlearn
     FORGET_OBJECTIVES[unlearn.forget_loss].check(unlearn, model_config.vocab_size)
-    folder_state = resume.folder_state(output_dir, config, force)
+    folder_state = resume.folder_state(output_dir, config, force, uncompared=("distill.",))  # peel distill's section: unread here
     tokenizer = load_tokenizer(name, model.revision, model.trust_remote_code)
     data, seed = config.data, config.train.seed
     forget_texts = load_texts(data.forget, data.num_examples, seed)

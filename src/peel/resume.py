@@ -27,11 +27,13 @@ from peel.probing.record import PROBE_FILE
 NEW, RESUME, COMPLETED = "new", "resume", "completed"
 
 
-def folder_state(output_dir: Path, config: Config, force: bool) -> str:
+def folder_state(output_dir: Path, config: Config, force: bool, uncompared: tuple[str, ...] = ()) -> str:
+    """NEW, RESUME or COMPLETED; a folder holding a run of another config is refused. Keys under
+    `uncompared` (e.g. a section the run does not read) may differ."""
     config_file = output_dir / "config.yaml"
     if force or not config_file.exists():
         return NEW
-    differences = config_differences(load_config(config_file, relative_to_file=False), config)
+    differences = config_differences(load_config(config_file, relative_to_file=False), config, uncompared)
     if differences:
         shown = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
         raise PeelError(
@@ -46,13 +48,11 @@ def folder_state(output_dir: Path, config: Config, force: bool) -> str:
 UNCOMPARED_PREFIXES = ("track.",)
 
 
-def config_differences(saved: Config, given: Config) -> list[str]:
+def config_differences(saved: Config, given: Config, uncompared: tuple[str, ...] = ()) -> list[str]:
     """`key: saved -> given` for every compared leaf key whose value differs."""
     before, after = flatten(to_dict(saved)), flatten(to_dict(given))
-    keys = sorted(
-        key for key in before.keys() | after.keys()
-        if before.get(key) != after.get(key) and not key.startswith(UNCOMPARED_PREFIXES)
-    )
+    ignored = UNCOMPARED_PREFIXES + uncompared
+    keys = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key) and not key.startswith(ignored))
     return [f"{key}: {before.get(key)!r} in the folder, {after.get(key)!r} now" for key in keys]
 
 
