@@ -72,6 +72,21 @@ def test_forget_loss_benchmark_reports_every_variant(tmp_path):
     assert all(value > 0 for value in row["step_ms"].values())
 
 
+def test_adversary_benchmark_reports_every_adversary(tmp_path):
+    load_benchmark()
+    spec = importlib.util.spec_from_file_location("adversary_bench", BENCHMARK.parent / "adversary_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["adversary_bench"] = module
+    spec.loader.exec_module(module)
+    output = tmp_path / "adversary.json"
+    module.main(["--quick", "--model", "tiny", "--steps", "1", "--modes", "lora", "--output", str(output)])
+
+    row = json.loads(output.read_text())["modes"]["lora"]
+    assert set(row["step_ms"]) == set(row["peak_mb"]) == {"none", "finetune", "latent"}
+    assert row["time_vs_none"]["none"] == 1.0 and row["peak_vs_none"]["none"] == 1.0
+    assert row["time_vs_none"]["finetune"] > 1 and row["time_vs_none"]["latent"] > 1  # both run extra passes
+
+
 def test_long_preset_is_the_issues_shape():
     settings, _ = load_benchmark().parse_settings(["--preset", "long", "--threads", "2"])
     assert (settings.model, settings.batch_size, settings.seq_len) == ("pythia-160m", 2, 2048)

@@ -35,6 +35,7 @@ def test_keyword_lists_named_by_configs_are_shipped_and_readable():
 def test_every_choice_the_config_accepts_is_in_its_table():
     import typing
 
+    from peel.adversary import ADVERSARIES
     from peel.config import TrainConfig, UnlearnConfig
     from peel.filters import GRADIENT_FILTERS
     from peel.objectives import FORGET_OBJECTIVES, RETAIN_OBJECTIVES
@@ -42,7 +43,7 @@ def test_every_choice_the_config_accepts_is_in_its_table():
 
     hints = {**typing.get_type_hints(UnlearnConfig), **typing.get_type_hints(TrainConfig)}
     for key, table in (("forget_loss", FORGET_OBJECTIVES), ("retain_loss", RETAIN_OBJECTIVES),
-                       ("grad_filter", GRADIENT_FILTERS), ("optimizer", OPTIMIZERS)):
+                       ("grad_filter", GRADIENT_FILTERS), ("optimizer", OPTIMIZERS), ("adversary", ADVERSARIES)):
         assert set(typing.get_args(hints[key])) == set(table), key
 
 

@@ -84,19 +84,23 @@ class TimedLocal(parallel.Local):
         self.calls += 1
 
 
-def peel_variant(weights, settings: Settings, layer: int, clock: Clock, unlearn: UnlearnConfig | None = None):
+def peel_variant(weights, settings: Settings, layer: int, clock: Clock, unlearn: UnlearnConfig | None = None,
+                 adversary_for=None):
     """The engine's own step: `gradients.compute_gradients`, then the update as `engine.run_phase`
-    does it, with the step's one read of its statistics."""
+    does it, with the step's one read of its statistics. `adversary_for(weights, parallelism,
+    parameters, unlearn)` makes the step's adversary (adversary.py) as `engine.run_phase` does;
+    None = plain peel. Every step is then the first of an attack (step_in_phase 0)."""
     parameters = weights.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr)
     parallelism = TimedLocal(weights, clock)
     unlearn = unlearn or UnlearnConfig(forget_loss=settings.forget_loss, retain_loss="l2", grad_filter="none", l2sp_coef=0.0)
     retain_layers = settings.retain_layer_list(layer)
+    adversary = None if adversary_for is None else adversary_for(weights, parallelism, parameters, unlearn)
 
     def step(forget: Batch, retain: Batch):
         statistics = compute_gradients(
             weights, parallelism, parameters, layer, [forget], [retain], unlearn, retain_layers,
-            settings.forget_coef, settings.retain_coef, settings.batch_size, settings.loss_chunk_tokens,
+            settings.forget_coef, settings.retain_coef, settings.batch_size, settings.loss_chunk_tokens, adversary,
         )
         max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")
         statistics["grad_norm"] = torch.nn.utils.clip_grad_norm_(parameters, max_norm)

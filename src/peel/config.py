@@ -120,10 +120,20 @@ class ChatSource:
 
 
 @dataclass
+class AdversarySource(DataSource):
+    path: str | None = option(
+        None, "As data.forget.path: forget-domain text the simulated attack fine-tunes on; null = the forget corpus."
+    )
+
+
+@dataclass
 class DataConfig:
     forget: ForgetSource = option(ForgetSource(path="testbed:forget"), "Forget corpus (the knowledge to remove).")
     retain: DataSource = option(DataSource(path="testbed:retain"), "Retain corpus (the knowledge to keep).")
     chat: ChatSource = option(ChatSource(), "Optional chat data mixed into the retain corpus.")
+    adversary: AdversarySource = option(
+        AdversarySource(), "Text the finetune adversary attacks with (unlearn.adversary: finetune)."
+    )
     num_examples: int | None = option(
         None,
         "Forget examples per phase (and as many retain examples); null = every usable forget text "
@@ -186,6 +196,26 @@ class UnlearnConfig:
         "asymmetric = drop forget elements that disagree, keep all retain.",
     )
     l2sp_coef: float = option(0.0, "L2-SP: coef * ||w - w0||^2 on the target layer; 0 = off.", NON_NEGATIVE)
+    adversary: Literal["none", "finetune", "latent"] = option(
+        "none",
+        "Tamper resistance (adversary.py): none; finetune = every adversary_every steps, attack a copy of the trained "
+        "parameters with adversary_steps NLL steps on data.adversary and add the forget gradient at the attacked point "
+        "(times adversary_coef); latent = take the forget loss under an L2-bounded perturbation of the target layer's "
+        "output that latent_steps of projected gradient descent chose to restore the forget text.",
+    )
+    adversary_every: int = option(1, "finetune adversary: attack every N optimizer steps of a phase (its first step included).", AT_LEAST_ONE)
+    adversary_steps: int = option(4, "finetune adversary: AdamW steps of each simulated attack (batch train.global_batch_size).", AT_LEAST_ONE)
+    adversary_lr: float = option(1e-3, "finetune adversary: learning rate of the simulated attack.", POSITIVE)
+    adversary_coef: float = option(
+        1.0, "finetune adversary: weight of the forget gradient at the attacked parameters (times the step's forget coefficient).", NON_NEGATIVE
+    )
+    latent_epsilon: float = option(
+        0.1,
+        "latent adversary: L2 bound of the perturbation of each token's hidden state, relative to that state's own norm "
+        "at the target layer's output (0.1 = a tenth of its length; 0.5 broke retain on the testbed); 0 = no perturbation.",
+        NON_NEGATIVE,
+    )
+    latent_steps: int = option(4, "latent adversary: projected gradient steps that choose the perturbation.", AT_LEAST_ONE)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from peel import checkpoint, distributed, parallel, preemption, recompute, resume, run_folder, tracking
+from peel.adversary import ADVERSARIES, PhaseSetting, refuse_sharding
 from peel.config import Config, save_config, to_dict
 from peel.batches import Corpus, RandomTargets, example_order, process_share
 from peel.errors import Preempted, RunFailed, first_line
@@ -51,6 +52,7 @@ class Session:
     tokenizer: object
     forget: Corpus  # the forget examples (and their keyword masks), padded on the device
     retain: Corpus
+    adversary: Corpus  # the finetune adversary's attack text (the forget corpus unless data.adversary.path)
     device: torch.device
     output_dir: Path
     bar: tqdm
@@ -89,6 +91,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     # Under torchrun: DDP, or FSDP2 for full fine-tuning and for LoRA on a model too large for one
     # device. A model to be sharded stays on the host until FSDP2 moves each shard to the device.
     engine = parallel.choose(config.train.parallel, config.unlearn.adapter, model, device)
+    refuse_sharding(config.unlearn.adversary, engine)  # auto may choose FSDP2 only now that the weights are known
     torch.manual_seed(config.train.seed)  # adapter initialisation
     weights = WEIGHTS[config.unlearn.adapter](model if engine == "fsdp" else model.to(device), config.unlearn.lora)
     recompute.apply(weights.model, weights.anatomy, config.train.gradient_checkpointing)
@@ -110,8 +113,10 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     total_steps = plan.steps_per_phase * len(plan.layers)
     bar = tqdm(total=total_steps, initial=start.step, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
     pad = tokenizer.pad_token_id
-    session = Session(config, plan, weights, parallelism, tokenizer, Corpus(prepared.forget, pad, device, prepared.forget_masks),
-                      Corpus(prepared.retain, pad, device), device, output_dir, bar, tracker)
+    forget = Corpus(prepared.forget, pad, device, prepared.forget_masks)
+    attack_text = forget if prepared.adversary is None else Corpus(prepared.adversary, pad, device)
+    session = Session(config, plan, weights, parallelism, tokenizer, forget, Corpus(prepared.retain, pad, device), attack_text,
+                      device, output_dir, bar, tracker)
     try:
         # ---- train
         with preemption.stop_on_signals():
@@ -185,6 +190,10 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
     order = example_order(plan.num_examples, train.epochs_per_layer, train.seed, phase)
     vocab = weights.anatomy.unembedding.weight.shape[0]
     targets = RandomTargets(train.seed, phase, vocab) if FORGET_OBJECTIVES[unlearn.forget_loss].random_targets else None
+    adversary = ADVERSARIES[unlearn.adversary](PhaseSetting(
+        weights, session.parallelism, parameters, layer, unlearn, train.loss_chunk_tokens, plan.examples_per_process,
+        session.adversary, train.seed, phase, plan.steps_per_phase, train.global_batch_size, train.per_device_batch_size,
+    ))
 
     for step_in_phase in range(first_step, plan.steps_per_phase):
         p = progress(step_in_phase, plan.steps_per_phase)
@@ -196,7 +205,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
 
         statistics = compute_gradients(
             weights, session.parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
-            forget_coef, retain_coef, plan.examples_per_process, train.loss_chunk_tokens,
+            forget_coef, retain_coef, plan.examples_per_process, train.loss_chunk_tokens, adversary, step_in_phase,
         )
         max_norm = train.max_grad_norm if train.max_grad_norm > 0 else math.inf
         statistics["grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(parameters, max_norm))

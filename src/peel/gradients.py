@@ -18,23 +18,34 @@ from peel.parallel import full_tensor
 def compute_gradients(
     weights, parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
     forget_coef: float, retain_coef: float, examples_per_process: int, chunk_tokens: int = 0,
+    adversary=None, step_in_phase: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Leave one optimizer step's combined gradient in each parameter's `.grad`.
 
     Forget and retain gradients are accumulated separately over the micro-batches, averaged
     across processes (by DDP or FSDP2, in each objective's last backward), then combined by the
     gradient filter; L2-SP is added after the filter (it is a pull toward the original weights,
-    not a data gradient to be compared).
+    not a data gradient to be compared). An `adversary` (adversary.py; None = plain) runs the
+    forget passes and may add the forget gradient at attacked parameters to the forget gradient,
+    before the filter sees it.
     Returns, as 0-d tensors: the step's mean losses, the gradient norms, L2-SP, whether any
     process was asked to stop (`stop` > 0) and, with keyword masks, the share of forget tokens
     that counted.
     """
     scale = 1.0 / examples_per_process  # per-example losses summed: the same step however the batch is split
-    forget_losses = backward_each(
-        parallelism, forget_batches, forget_coef,
-        lambda batch: forget_backward(weights, batch, layer, unlearn, forget_coef * scale, chunk_tokens),
-    )
+    if adversary is None:
+        forget_losses = backward_each(
+            parallelism, forget_batches, forget_coef,
+            lambda batch: forget_backward(weights, batch, layer, unlearn, forget_coef * scale, chunk_tokens),
+        )
+    else:
+        forget_losses = backward_each(parallelism, forget_batches, forget_coef, lambda batch: adversary.forget_backward(batch, forget_coef * scale))
     forget_gradients = take_gradients(parameters)
+    adversary_statistics = {}
+    if adversary is not None:
+        attacked, adversary_statistics = adversary.attacked_forget_gradients(step_in_phase, forget_batches, forget_coef * scale)
+        if attacked is not None:
+            forget_gradients = [gradient + extra for gradient, extra in zip(forget_gradients, attacked)]
     retain_objective = RETAIN_OBJECTIVES[unlearn.retain_loss]
     retain_losses = backward_each(
         parallelism, retain_batches, retain_coef,
@@ -67,6 +78,7 @@ def compute_gradients(
         "l2sp": l2sp,
         "forget_grad_norm": total_norm(forget_gradients),
         "retain_grad_norm": total_norm(retain_gradients),
+        **adversary_statistics,
     }
     if forget_batches[0].loss_mask is not None:
         statistics["forget_token_share"] = counted / real

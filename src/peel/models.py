@@ -359,6 +359,27 @@ def with_layer_output(output, hidden: torch.Tensor):
 
 
 @contextlib.contextmanager
+def adding_to_output(layer: nn.Module, perturbation: torch.Tensor | None) -> Iterator[None]:
+    """Every pass through `layer` adds `perturbation` ([batch, tokens, hidden]) to its output
+    hidden state for the duration of a `with`; None changes nothing. A hook, not a model change,
+    so a recomputing backward (activation checkpointing) adds the same perturbation again."""
+    if perturbation is None:
+        yield
+        return
+
+    def add(module, args, output):
+        if isinstance(output, (tuple, list)):
+            return (output[0] + perturbation, *output[1:])
+        return output + perturbation
+
+    handle = layer.register_forward_hook(add)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
 def truncated(anatomy: Anatomy, num_layers: int) -> Iterator[None]:
     """Run only the first `num_layers` decoder layers: the rest of the stack is never computed."""
     full = anatomy.layers

@@ -17,7 +17,7 @@ import torch
 from peel import losses
 from peel.errors import PeelError
 from peel.chunked import Outputs, chunk_width, token_means, token_values
-from peel.models import final_hidden_states, hidden_states, logits
+from peel.models import adding_to_output, final_hidden_states, hidden_states, logits
 
 
 @dataclass
@@ -121,8 +121,12 @@ FORGET_OBJECTIVES = {
 }
 
 
-def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float, chunk_tokens: int = 0) -> torch.Tensor:
+def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float, chunk_tokens: int = 0,
+                    perturbation: torch.Tensor | None = None) -> torch.Tensor:
     """The probe: current layers up to `layer`, original layers after, pushed by the forget loss.
+
+    `perturbation` (the latent adversary's) is added to the target layer's output in the probe
+    only, never in the original model's reference pass.
 
     A loss that compares with the original model (NPO) gets the original's log-probabilities of
     the text's own next tokens from a no-grad pass with every layer original: the same weights,
@@ -134,7 +138,7 @@ def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float, ch
         with torch.no_grad(), weights.original_from(0):
             original = model_outputs(weights, batch, chunk_tokens).shifted()
             reference = token_values(losses.token_log_probs, [original], [batch.input_ids[:, 1:]])
-    with weights.original_from(layer + 1):
+    with weights.original_from(layer + 1), adding_to_output(weights.anatomy.layers[layer], perturbation):
         probe = model_outputs(weights, batch, chunk_tokens)
         per_example = objective.loss(probe, batch, reference, unlearn)
         # The loss keeps what its backward needs; whole [batch, tokens, vocab] logits themselves

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peel import distributed, resume, run_folder, tracking
+from peel.adversary import refuse_sharding
 from peel.config import Config
 from peel.data import load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError
@@ -81,6 +82,8 @@ def check_parallel(config: Config, world_size: int) -> None:
         raise PeelError("train.parallel=ddp with unlearn.adapter=full: full fine-tuning is sharded with FSDP2; "
                         "accepted: train.parallel auto or fsdp")
     sharded = adapter == "full" or train.parallel == "fsdp"
+    if world_size > 1:
+        refuse_sharding(config.unlearn.adversary, "fsdp" if sharded else "ddp")
     if train.optimizer == "muon" and sharded and world_size > 1:
         raise PeelError(f"train.optimizer=muon under FSDP2 ({world_size} processes, unlearn.adapter={adapter}, "
                         f"train.parallel={train.parallel}) is not supported: Muon's update needs whole matrices and FSDP2 "
@@ -97,6 +100,7 @@ class Prepared:
     forget: list[list[int]]
     retain: list[list[int]]
     forget_masks: list[list[int]] | None  # per forget token: inside a keyword (1) or not; None = no keywords
+    adversary: list[list[int]] | None = None  # the finetune adversary's own attack text; None = the forget corpus
 
 
 def prepare(config: Config, force: bool = False) -> Prepared:
@@ -132,4 +136,7 @@ def prepare(config: Config, force: bool = False) -> Prepared:
 
         manager_for(config.eval.tasks, config.eval.include_path)  # unknown task names fail now, not after training
     masks = None if forget_masks is None else forget_masks[:num_examples]
-    return Prepared(plan, folder_state, tokenizer, forget[:num_examples], retain[:num_examples], masks)
+    adversary = None
+    if unlearn.adversary == "finetune" and data.adversary.path is not None:
+        adversary = tokenize(load_texts(data.adversary, data.num_examples, seed, required=False), tokenizer, data.max_length)
+    return Prepared(plan, folder_state, tokenizer, forget[:num_examples], retain[:num_examples], masks, adversary)

@@ -20,9 +20,9 @@ eval.json against the model RUN unlearned. peel eval, tamper, probe and report t
 target. Running the same command again resumes from the last checkpoint; under torchrun each
 process takes its share of every batch and DDP averages the gradients.
 
-  peel unlearn configs/testbed_distill.yaml && peel distill runs/testbed_distill   # its distill section
+  peel unlearn configs/testbed_resistant.yaml && peel distill runs/testbed_resistant   # its distill section
   peel distill runs/testbed_lora distill.alpha=1 distill.steps=600 --output-dir runs/testbed_lora_fresh
-  peel tamper runs/testbed_distill/distill
+  peel tamper runs/testbed_resistant/distill
 
 Config keys (distill.key = default (range)), overridable as key=value; the student's dtype is
 train.dtype, its texts' length data.max_length, its chunked KL train.loss_chunk_tokens:

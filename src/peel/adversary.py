@@ -1,0 +1,168 @@
+"""Adversaries inside the unlearning step (`unlearn.adversary`): unlearning that is trained to
+survive an attack rather than only to look removed.
+
+- none      plain peel: the forget loss on the probe (current layers <= L, original after).
+- finetune  after TAR (tamper-resistant training): every `adversary_every` steps of a phase, a
+            simulated fine-tuning attack, `adversary_steps` AdamW steps of next-token loss on
+            forget-domain text (data.adversary), moves the *trained parameters only* (the
+            adapters, or the target layer); the forget loss's gradient at that attacked point,
+            times `adversary_coef`, is added to the step's forget gradient (first order: it is
+            applied to the current parameters), and the parameters are put back exactly. Only the
+            trained parameters are copied (one copy, plus the attack's AdamW state), never the model.
+- latent    after targeted latent adversarial training: for each forget micro-batch,
+            `latent_steps` of projected gradient descent choose a perturbation of the target
+            layer's output hidden state that restores the forget text (lowers its next-token loss
+            through the original later layers, as the probe runs them); the forget loss is then
+            taken under that perturbation. Each token's perturbation has L2 norm at most
+            `latent_epsilon` times the norm of that token's unperturbed hidden state (relative, so
+            one epsilon means the same on models whose hidden states differ in scale).
+
+Under torchrun, the attack's micro-batches are reduced by DDP like the engine's own (2 processes
+attack as 1 does); the latent search is per example and needs no reduction. FSDP2 is refused
+(`refuse_sharding`): its resharding hooks expect every gradient pass to reach the parameters.
+Neither adversary keeps state from one step to the next, so a resumed run continues as if never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from peel import distributed, losses
+from peel.batches import Corpus, example_order, process_share
+from peel.chunked import token_means
+from peel.errors import PeelError
+from peel.gradients import backward_each, take_gradients
+from peel.models import adding_to_output, hidden_states
+from peel.objectives import forget_backward, model_outputs, nll_retain_backward
+
+
+@dataclass
+class PhaseSetting:
+    """What an adversary works with in one phase."""
+
+    weights: object  # weights.LoraWeights or weights.FullWeights
+    parallelism: object  # parallel.Local or Replicated
+    parameters: list  # the phase's trained parameters
+    layer: int
+    unlearn: object  # the unlearn settings (config.UnlearnConfig)
+    chunk_tokens: int
+    examples_per_process: int  # per optimizer step
+    # finetune only: the attack's text and how a phase reads it
+    corpus: Corpus | None = None
+    seed: int = 0
+    phase: int = 0
+    steps_per_phase: int = 1
+    global_batch_size: int = 1
+    per_device_batch_size: int = 1
+
+
+class Plain:
+    """unlearn.adversary: none."""
+
+    def __init__(self, setting: PhaseSetting):
+        self.setting = setting
+
+    def forget_backward(self, batch, scale: float) -> torch.Tensor:
+        """The forget loss's forward and backward on one micro-batch (objectives.forget_backward)."""
+        s = self.setting
+        return forget_backward(s.weights, batch, s.layer, s.unlearn, scale, s.chunk_tokens, self.perturbation(batch))
+
+    def perturbation(self, batch) -> torch.Tensor | None:
+        """What the probe adds to the target layer's output: nothing."""
+        return None
+
+    def attacked_forget_gradients(self, step_in_phase: int, forget_batches, scale: float):
+        """(gradients to add to the step's forget gradients or None, statistics as 0-d tensors)."""
+        return None, {}
+
+
+class FineTune(Plain):
+    """unlearn.adversary: finetune."""
+
+    def __init__(self, setting: PhaseSetting):
+        super().__init__(setting)
+        s, unlearn = setting, setting.unlearn
+        attacks = math.ceil(s.steps_per_phase / unlearn.adversary_every)
+        needed = attacks * unlearn.adversary_steps * s.global_batch_size
+        # The attack's batches, like the engine's, are a pure function of (seed, phase): resuming needs no state.
+        self.order = example_order(len(s.corpus), math.ceil(needed / len(s.corpus)), s.seed, s.phase)
+
+    def attacked_forget_gradients(self, step_in_phase: int, forget_batches, scale: float):
+        s, unlearn = self.setting, self.setting.unlearn
+        if step_in_phase % unlearn.adversary_every:
+            return None, {}
+        saved = [parameter.detach().clone() for parameter in s.parameters]
+        attack_loss = self.attack(step_in_phase // unlearn.adversary_every)
+        attacked_scale = scale * unlearn.adversary_coef
+        attacked_losses = backward_each(
+            s.parallelism, forget_batches, attacked_scale, lambda batch: self.forget_backward(batch, attacked_scale)
+        )
+        gradients = take_gradients(s.parameters)
+        with torch.no_grad():
+            for parameter, value in zip(s.parameters, saved):
+                parameter.copy_(value)
+        means = torch.stack([attack_loss, attacked_losses.mean()]).float()
+        distributed.all_reduce_mean([means])
+        return gradients, {"adversary_nll": means[0], "attacked_forget_loss": means[1]}
+
+    def attack(self, attack_number: int) -> torch.Tensor:
+        """`adversary_steps` AdamW steps of next-token loss on the trained parameters; the last step's mean loss."""
+        s, unlearn = self.setting, self.setting.unlearn
+        optimizer = torch.optim.AdamW(s.parameters, lr=unlearn.adversary_lr, weight_decay=0.0)
+        scale = 1.0 / s.examples_per_process
+        for step in range(unlearn.adversary_steps):
+            position = attack_number * unlearn.adversary_steps + step
+            micro = process_share(self.order, position, s.global_batch_size).split(s.per_device_batch_size)
+            batches = [s.corpus.batch(indices) for indices in micro]
+            per_example = backward_each(
+                s.parallelism, batches, 1.0, lambda batch: nll_retain_backward(s.weights, batch, [], scale, s.chunk_tokens)
+            )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return per_example.mean()
+
+
+class Latent(Plain):
+    """unlearn.adversary: latent."""
+
+    def perturbation(self, batch) -> torch.Tensor:
+        """Projected gradient descent on the forget text's next-token loss over a perturbation of
+        the target layer's output, within each token's L2 ball (normalised steps of 2 radius / steps)."""
+        s, unlearn = self.setting, self.setting.unlearn
+        weights, layer = s.weights, s.layer
+        with torch.no_grad():
+            state = hidden_states(weights.anatomy, batch.input_ids, batch.model_mask, [layer])[layer]
+        radius = unlearn.latent_epsilon * state.float().norm(dim=-1, keepdim=True)
+        step_size = 2 * radius / unlearn.latent_steps
+        perturbation = torch.zeros_like(state)
+        next_tokens, counted = batch.input_ids[:, 1:], batch.counted[:, 1:]
+        for _ in range(unlearn.latent_steps):
+            perturbation.requires_grad_(True)
+            # Gradient with respect to the perturbation only: nothing reaches the parameters, so the
+            # passes stay out of DDP's reduction.
+            with s.parallelism.accumulate(sync=False), weights.original_from(layer + 1), \
+                    adding_to_output(weights.anatomy.layers[layer], perturbation):
+                outputs = model_outputs(weights, batch, s.chunk_tokens).shifted()
+                loss = token_means(losses.nll_tokens, [outputs], [next_tokens], counted).sum()
+                (gradient,) = torch.autograd.grad(loss, perturbation)
+            direction = gradient.float() / gradient.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            moved = perturbation.detach().float() - step_size * direction
+            within = (radius / moved.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1)
+            perturbation = (moved * within).to(state.dtype)
+        return perturbation.detach()
+
+
+# `unlearn.adversary` -> what runs inside each step.
+ADVERSARIES = {"none": Plain, "finetune": FineTune, "latent": Latent}
+
+
+def refuse_sharding(adversary: str, engine: str) -> None:
+    """The adversaries run with one process or DDP; FSDP2 is refused before anything trains."""
+    if adversary != "none" and engine == "fsdp":
+        raise PeelError(
+            f"unlearn.adversary={adversary} under FSDP2 (full fine-tuning under torchrun, or train.parallel=fsdp) is not "
+            "supported; accepted: one process, or LoRA with train.parallel ddp (or auto on a model that fits one device)"
+        )
