@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -92,11 +91,8 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "VARIANT", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        _, name, text = args.worker
-        settings = Settings(**json.loads(text))
-        torch.set_num_threads(settings.threads)
-        build = lambda model, clock: variant_step(model, name, settings, clock)
-        print(json.dumps(memory.worker(build, lambda: batches(settings), settings)))
+        memory.serve(args.worker, lambda model, mode, name, settings, clock: variant_step(model, name, settings, clock),
+                     lambda settings, name: batches(settings))
         return None
 
     preset = dict(PRESETS["quick" if args.quick else "headline"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -99,11 +98,7 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "VARIANT", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        mode, name, text = args.worker
-        settings = Settings(**json.loads(text))
-        torch.set_num_threads(settings.threads)
-        build = lambda model, clock: variant_step(model, mode, name, settings, clock)
-        print(json.dumps(memory.worker(build, lambda: batches(settings, name), settings)))
+        memory.serve(args.worker, variant_step, batches)
         return None
 
     preset = dict(PRESETS["quick" if args.quick else "headline"])

@@ -65,11 +65,8 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "VARIANT", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        _, name, text = args.worker
-        settings = Settings(**json.loads(text))
-        torch.set_num_threads(settings.threads)
-        build = lambda model, clock: path_step(model, name, settings, clock)
-        print(json.dumps(memory.worker(build, lambda: batches(settings), settings)))
+        memory.serve(args.worker, lambda model, mode, name, settings, clock: path_step(model, name, settings, clock),
+                     lambda settings, name: batches(settings))
         return None
 
     chosen = dict(PRESETS["quick" if args.quick else args.preset]) | {"modes": ["lora"], "sweep_points": 0}

@@ -61,6 +61,17 @@ def worker(build_step: Callable, batches: Callable, settings: Settings) -> dict:
     return result
 
 
+def serve(worker_arguments: list[str], step: Callable, batches: Callable) -> None:
+    """A benchmark script run as `--worker MODE VARIANT SETTINGS` (by `measure`): set the threads,
+    build `step(model, mode, variant, settings, clock)` on a fresh model, run it on
+    `batches(settings, variant)` and print the peak as one JSON line."""
+    mode, name, text = worker_arguments
+    settings = Settings(**json.loads(text))
+    torch.set_num_threads(settings.threads)
+    build = lambda model, clock: step(model, mode, name, settings, clock)
+    print(json.dumps(worker(build, lambda: batches(settings, name), settings)))
+
+
 def measure(script: str, mode: str, names, settings: Settings) -> dict[str, dict]:
     """Each of `names` measured by `script --worker MODE NAME SETTINGS` in a fresh process."""
 
