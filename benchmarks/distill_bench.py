@@ -20,7 +20,6 @@ per variant, one at a time, before the timing process builds its models.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -82,14 +81,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small model, few steps: under a minute")
-    parser.add_argument("--steps", type=int, help="timed steps per variant")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", type=Path, help="write the results JSON here")
-    parser.add_argument("--worker", nargs=3, metavar=("MODE", "VARIANT", "SETTINGS"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = memory.variant_parser(__doc__, shapes=False).parse_args(argv)
     if args.worker:
         memory.serve(args.worker, lambda model, mode, name, settings, clock: variant_step(model, name, settings, clock),
                      lambda settings, name: batches(settings))

@@ -20,7 +20,6 @@ is reported beside it.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -34,7 +33,7 @@ from stepbench import hardware, memory  # noqa: E402
 from stepbench.report import write  # noqa: E402
 from stepbench.timing import Clock, interleave  # noqa: E402
 from stepbench.variants import peel_variant, peel_weights  # noqa: E402
-from stepbench.workload import MODES, Settings, build_model, make_batch, tensor_bytes  # noqa: E402
+from stepbench.workload import Settings, build_model, make_batch, tensor_bytes  # noqa: E402
 from step_bench import PRESETS  # noqa: E402
 
 from peel.config import UnlearnConfig  # noqa: E402
@@ -87,16 +86,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small model, few steps: under a minute")
-    parser.add_argument("--model", help="GPT-NeoX shape of step_bench.py (default: the preset's)")
-    parser.add_argument("--steps", type=int, help="timed steps per variant")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: lora,full")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", type=Path, help="write the results JSON here")
-    parser.add_argument("--worker", nargs=3, metavar=("MODE", "VARIANT", "SETTINGS"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = memory.variant_parser(__doc__).parse_args(argv)
     if args.worker:
         memory.serve(args.worker, variant_step, batches)
         return None

@@ -61,6 +61,28 @@ def worker(build_step: Callable, batches: Callable, settings: Settings) -> dict:
     return result
 
 
+def variant_parser(description: str, shapes: bool = True):
+    """The command line the variant benchmarks share: --quick, --steps, --threads, --device,
+    --output and the hidden --worker (`measure`'s), with `shapes` also --model and --modes."""
+    import argparse
+    from pathlib import Path
+
+    from stepbench.workload import MODES
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small model, few steps: under a minute")
+    if shapes:
+        parser.add_argument("--model", help="GPT-NeoX shape of step_bench.py (default: the preset's)")
+    parser.add_argument("--steps", type=int, help="timed steps per variant")
+    if shapes:
+        parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: lora,full")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", type=Path, help="write the results JSON here")
+    parser.add_argument("--worker", nargs=3, metavar=("MODE", "VARIANT", "SETTINGS"), help=argparse.SUPPRESS)
+    return parser
+
+
 def serve(worker_arguments: list[str], step: Callable, batches: Callable) -> None:
     """A benchmark script run as `--worker MODE VARIANT SETTINGS` (by `measure`): set the threads,
     build `step(model, mode, variant, settings, clock)` on a fresh model, run it on
