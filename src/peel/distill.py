@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from peel import checkpoint, distributed, losses, preemption, resume, run_folder, tracking
 from peel.batches import Corpus, example_order, process_share
 from peel.chunked import Outputs, chunk_width, token_means
-from peel.config import Config, save_config, to_dict
+from peel.config import Config
 from peel.data import load_texts, tokenize
 from peel.engine import load, publish_results
 from peel.errors import PeelError, Preempted, RunFailed, first_line
@@ -173,14 +173,7 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     if saved is not None and saved["optimizer"] is not None:
         checkpoint.restore_optimizer(saved, optimizer, scheduler)
 
-    tracker = tracking.NOT_TRACKED
-    distributed.barrier()  # every process has read the folder before the main process changes it
-    if distributed.is_main():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-        tracker = tracking.start(config.track, to_dict(config), output_dir, prepared.folder_state == resume.RESUME)
-        resume.rewind(output_dir, saved)
-        run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device, parallel=engine))
+    tracker = resume.open_run(output_dir, config, saved, prepared.folder_state == resume.RESUME, started, device, engine)
 
     corpus = Corpus(prepared.examples, prepared.tokenizer.pad_token_id, device)
     epochs = max(1, math.ceil(settings.steps * settings.global_batch_size / len(corpus)))

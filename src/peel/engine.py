@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from peel import checkpoint, distributed, parallel, preemption, recompute, resume, run_folder, tracking
 from peel.adversary import ADVERSARIES, PhaseSetting, refuse_sharding
-from peel.config import Config, save_config, to_dict
+from peel.config import Config
 from peel.batches import Corpus, RandomTargets, example_order, process_share
 from peel.errors import Preempted, RunFailed, first_line
 from peel.gradients import compute_gradients, read
@@ -100,15 +100,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     parallelism = parallel.ENGINES[engine](weights)
     start = checkpoint.restore(saved, weights, plan.layers)
 
-    tracker = tracking.NOT_TRACKED
-    distributed.barrier()  # every process has read the folder before the main process changes it
-    if distributed.is_main():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-        # Before the rewind: metrics.jsonl still says which steps the trackers were given.
-        tracker = tracking.start(config.track, to_dict(config), output_dir, prepared.folder_state == resume.RESUME)
-        resume.rewind(output_dir, saved)
-        run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device, parallel=engine))
+    tracker = resume.open_run(output_dir, config, saved, prepared.folder_state == resume.RESUME, started, device, engine)
 
     total_steps = plan.steps_per_phase * len(plan.layers)
     bar = tqdm(total=total_steps, initial=start.step, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
