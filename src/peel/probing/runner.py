@@ -62,9 +62,10 @@ def check_original(target, original) -> None:
                                    of.config.model.trust_remote_code)
         return target_num_layers(of), getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
 
-    if shape(target) != shape(original):
-        raise PeelError(f"the depth reader continues {target.model!r} (layers, width {shape(target)}) with the layers of "
-                        f"{original.model!r} ({shape(original)}); accepted: an original the target was made from")
+    target_shape, original_shape = shape(target), shape(original)
+    if target_shape != original_shape:
+        raise PeelError(f"the depth reader continues {target.model!r} (layers, width {target_shape}) with the layers of "
+                        f"{original.model!r} ({original_shape}); accepted: an original the target was made from")
 
 
 def probe_targets(targets: list, names: list[str], folder: str | Path, labels: list[str] | None = None,
