@@ -126,6 +126,33 @@ def test_the_attack_copies_only_the_trained_parameters_and_restores_them_exactly
     assert set(statistics) == {"adversary_nll", "attacked_forget_loss"}
 
 
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_the_latent_search_records_no_graph_through_the_layers_up_to_the_target(tiny_models, corpora, adapter):
+    from peel.config import DataSource
+    from peel.data import load_texts, tokenize
+    from peel.parallel import Local
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_models["gpt_neox"]))
+    weights = WEIGHTS[adapter](model, UnlearnConfig().lora)
+    weights.begin_phase(2)
+    parameters = weights.trainable_parameters()
+    texts = tokenize(load_texts(DataSource(path=str(corpora["forget"])), 4, 0), tokenizer, 16)
+    batch = Corpus(texts, tokenizer.pad_token_id, "cpu").batch(torch.arange(0, 4))
+    settings_ = UnlearnConfig(adversary="latent", latent_steps=2, latent_epsilon=0.5, forget_loss="max_entropy_kl")
+    adversary = ADVERSARIES["latent"](PhaseSetting(weights, Local(weights), parameters, 2, settings_, 0, 4))
+
+    graphed = {}  # layer -> whether its output carried a graph, during the search's passes
+    hooks = [layer.register_forward_hook(lambda module, inputs, output, index=index: graphed.setdefault(index, []).append(
+        (output[0] if isinstance(output, tuple) else output).requires_grad)) for index, layer in enumerate(weights.anatomy.layers)]
+    perturbation = adversary.perturbation(batch)
+    for hook in hooks:
+        hook.remove()
+    assert not any(any(graphed[index]) for index in range(3))  # the target (2) and below: no activations kept
+    assert all(any(graphed[index]) for index in range(3, len(weights.anatomy.layers)))  # after it: the search's graph
+    assert perturbation.abs().sum() > 0
+    assert all(parameter.requires_grad for parameter in parameters)  # trainable again for the step's own passes
+
+
 @pytest.mark.parametrize("adversary", [FINETUNE, [*LATENT, "unlearn.latent_epsilon=0.5"]], ids=["finetune", "latent"])
 def test_two_processes_equal_one(tiny_models, corpora, tmp_path, on_cpu, adversary):  # noqa: F811
     one, two = run_both_ways(tiny_models["gpt_neox"], corpora, tmp_path, "unlearn.adapter=lora", *adversary)

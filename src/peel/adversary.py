@@ -25,7 +25,9 @@ Neither adversary keeps state from one step to the next, so a resumed run contin
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -142,8 +144,9 @@ class Latent(Plain):
         for _ in range(unlearn.latent_steps):
             perturbation.requires_grad_(True)
             # Gradient with respect to the perturbation only: nothing reaches the parameters, so the
-            # passes stay out of DDP's reduction.
-            with s.parallelism.accumulate(sync=False), weights.original_from(layer + 1), \
+            # passes stay out of DDP's reduction. The trained parameters are frozen meanwhile, so the
+            # layers up to the target (which the perturbation does not reach) keep no activations.
+            with s.parallelism.accumulate(sync=False), weights.original_from(layer + 1), frozen(s.parameters), \
                     adding_to_output(weights.anatomy.layers[layer], perturbation):
                 outputs = model_outputs(weights, batch, s.chunk_tokens).shifted()
                 loss = token_means(losses.nll_tokens, [outputs], [next_tokens], counted).sum()
@@ -153,6 +156,19 @@ class Latent(Plain):
             within = (radius / moved.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1)
             perturbation = (moved * within).to(state.dtype)
         return perturbation.detach()
+
+
+@contextlib.contextmanager
+def frozen(parameters: list) -> Iterator[None]:
+    """The parameters take no gradient inside (no graph is recorded through them); their flags come back after."""
+    flags = [parameter.requires_grad for parameter in parameters]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(parameters, flags):
+            parameter.requires_grad_(flag)
 
 
 # `unlearn.adversary` -> what runs inside each step.
