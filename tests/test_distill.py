@@ -90,6 +90,22 @@ def test_a_few_steps_lower_the_kl_and_the_result_is_a_target(run, tmp_path):
     assert "| trained |" in report.read_text()
 
 
+def test_with_forget_distills_on_the_forget_text_too(run, tmp_path):
+    from peel.config import load_config as load
+    from peel.data import load_texts, tokenize
+
+    plain = peel.distill.prepare(distill_config(run, tmp_path / "retain_only", "distill.num_examples=6"))
+    mixed = peel.distill.prepare(distill_config(run, tmp_path / "mixed", "distill.num_examples=6", "distill.with_forget=true"))
+    config = load(run / "config.yaml", [])
+    forget = tokenize(load_texts(config.data.forget, 6, config.distill.seed), plain.tokenizer, config.data.max_length)
+    assert len(plain.examples) == 6 and mixed.examples == plain.examples + forget
+
+    folder = distill(distill_config(run, tmp_path / "trained", "distill.num_examples=6", "distill.with_forget=true",
+                                    "distill.steps=2", "distill.alpha=0.5"))
+    alone = distill(distill_config(run, tmp_path / "trained_alone", "distill.num_examples=6", "distill.steps=2", "distill.alpha=0.5"))
+    assert [r["distill_loss"] for r in metrics(folder)] != [r["distill_loss"] for r in metrics(alone)]
+
+
 def torchrun_distill(arguments: list[str]) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(Path(__file__).parent / "peel_with_test_tasks.py"), "distill", *arguments]

@@ -412,6 +412,11 @@ class DistillConfig:
         None, "Text the student learns the teacher's logits on; null = the run's data.retain corpus."
     )
     num_examples: int | None = option(None, "Texts read from distill.data; null = every usable one.", AT_LEAST_ONE)
+    with_forget: bool = option(
+        False, "Also distill on the run's data.forget texts (as many as distill.num_examples), where the teacher's "
+        "next-token distributions are the unlearned ones: the student is shown the unlearning rather than only never "
+        "shown the domain (UNDO distills on the whole pretraining mix)."
+    )
     lr: float = option(1e-3, "Peak learning rate (AdamW).", POSITIVE)
     lr_scheduler: Literal["linear", "constant", "cosine"] = option("cosine", "Learning-rate schedule over distill.steps.")
     warmup_ratio: float = option(0.1, "Share of the steps spent warming up the learning rate.", FRACTION)

@@ -4,14 +4,16 @@
              the batch shape; load the teacher (RUN/model) and make the student: the teacher's
              weights mixed with a fresh initialisation, (1 - alpha) x unlearned + alpha x fresh
     train    for each optimizer step: KL(teacher || student) of the next-token distributions on
-             the step's texts (retain text by default), averaged per token, then per example
+             the step's texts (retain text by default; with distill.with_forget the forget text
+             too), averaged per token, then per example
     finish   save the student as model/ (safetensors, loadable by transformers), evaluate it,
              write run.json
 
 Unlearning that only hides knowledge leaves it in the weights, where a few steps of fine-tuning
 find it again. The student inherits the teacher's behaviour through its outputs on retain text
 only, and a share of its weights is noise: what the teacher hid, and the student was never shown,
-has less left to come back from.
+has less left to come back from. With distill.with_forget it is also shown the teacher's unlearned
+outputs on the forget text, as UNDO distills on the whole pretraining mix.
 
 The run folder, its checkpoints, resuming after a signal and tracking are the engine's
 (checkpoint.py, resume.py, preemption.py, tracking.py). Under torchrun each process takes its
@@ -120,6 +122,8 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     tokenizer = load_tokenizer(str(teacher))
     source = settings.data if settings.data is not None else config.data.retain
     examples = tokenize(load_texts(source, settings.num_examples, settings.seed), tokenizer, config.data.max_length)
+    if settings.with_forget:
+        examples += tokenize(load_texts(config.data.forget, settings.num_examples, settings.seed), tokenizer, config.data.max_length)
     return Prepared(teacher, folder_state, tokenizer, examples, settings.global_batch_size // per_step)
 
 

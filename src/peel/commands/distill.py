@@ -11,7 +11,8 @@ The student starts as RUN/model's weights mixed with a fresh initialisation of t
 architecture, (1 - distill.alpha) x unlearned + distill.alpha x re-initialised (alpha 1 is a fresh
 model), and is trained for distill.steps steps to match the unlearned model's next-token
 distributions (KL(teacher || student) per token) on retain text: the run's data.retain corpus,
-or distill.data. What the unlearning only hid, the student is never shown.
+or distill.data. What the unlearning only hid, the student is never shown. With
+distill.with_forget=true it also learns the teacher's (unlearned) outputs on data.forget.
 
 The result is a run folder like peel unlearn's (default RUN/distill, or --output-dir): config.yaml
 (RUN's config with the distill section and output_dir), metrics.jsonl (distill_loss, grad_norm,
