@@ -91,12 +91,11 @@ def test_a_few_steps_lower_the_kl_and_the_result_is_a_target(run, tmp_path):
 
 
 def test_with_forget_distills_on_the_forget_text_too(run, tmp_path):
-    from peel.config import load_config as load
     from peel.data import load_texts, tokenize
 
     plain = peel.distill.prepare(distill_config(run, tmp_path / "retain_only", "distill.num_examples=6"))
     mixed = peel.distill.prepare(distill_config(run, tmp_path / "mixed", "distill.num_examples=6", "distill.with_forget=true"))
-    config = load(run / "config.yaml", [])
+    config = load_config(run / "config.yaml", [])
     forget = tokenize(load_texts(config.data.forget, 6, config.distill.seed), plain.tokenizer, config.data.max_length)
     assert len(plain.examples) == 6 and mixed.examples == plain.examples + forget
 
