@@ -72,17 +72,21 @@ def test_each_adversary_at_zero_strength_is_plain_peel_bit_for_bit(tiny_models, 
         assert plain_records(folder)[-1]["forget_grad_norm"] != metrics(plain)[-1]["forget_grad_norm"], name
 
 
-@pytest.mark.parametrize("adapter", ["lora", "full"])
-def test_the_attack_copies_only_the_trained_parameters_and_restores_them_exactly(tiny_models, corpora, monkeypatch, adapter):
-    from peel.data import load_texts, tokenize
+def phase_two(tiny_models, corpora, adapter: str, examples: int):
+    """The tiny GPT-NeoX in phase 2 (layers 0-2 trained) and `examples` forget texts: (model, weights, parameters, corpus)."""
     from peel.config import DataSource
+    from peel.data import load_texts, tokenize
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_models["gpt_neox"]))
     weights = WEIGHTS[adapter](model, UnlearnConfig().lora)
     weights.begin_phase(2)
-    parameters = weights.trainable_parameters()
-    texts = tokenize(load_texts(DataSource(path=str(corpora["forget"])), 16, 0), tokenizer, 16)
-    corpus = Corpus(texts, tokenizer.pad_token_id, "cpu")
+    texts = tokenize(load_texts(DataSource(path=str(corpora["forget"])), examples, 0), tokenizer, 16)
+    return model, weights, weights.trainable_parameters(), Corpus(texts, tokenizer.pad_token_id, "cpu")
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_the_attack_copies_only_the_trained_parameters_and_restores_them_exactly(tiny_models, corpora, monkeypatch, adapter):
+    model, weights, parameters, corpus = phase_two(tiny_models, corpora, adapter, 16)
     settings_ = UnlearnConfig(adversary="finetune", adversary_steps=3, adversary_lr=1e-2, forget_loss="max_entropy_kl")
     from peel.parallel import Local
 
@@ -128,16 +132,10 @@ def test_the_attack_copies_only_the_trained_parameters_and_restores_them_exactly
 
 @pytest.mark.parametrize("adapter", ["lora", "full"])
 def test_the_latent_search_records_no_graph_through_the_layers_up_to_the_target(tiny_models, corpora, adapter):
-    from peel.config import DataSource
-    from peel.data import load_texts, tokenize
     from peel.parallel import Local
 
-    model, tokenizer = load_model_and_tokenizer(str(tiny_models["gpt_neox"]))
-    weights = WEIGHTS[adapter](model, UnlearnConfig().lora)
-    weights.begin_phase(2)
-    parameters = weights.trainable_parameters()
-    texts = tokenize(load_texts(DataSource(path=str(corpora["forget"])), 4, 0), tokenizer, 16)
-    batch = Corpus(texts, tokenizer.pad_token_id, "cpu").batch(torch.arange(0, 4))
+    _, weights, parameters, corpus = phase_two(tiny_models, corpora, adapter, 4)
+    batch = corpus.batch(torch.arange(0, 4))
     settings_ = UnlearnConfig(adversary="latent", latent_steps=2, latent_epsilon=0.5, forget_loss="max_entropy_kl")
     adversary = ADVERSARIES["latent"](PhaseSetting(weights, Local(weights), parameters, 2, settings_, 0, 4))
 

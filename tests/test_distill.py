@@ -170,6 +170,7 @@ def bad_cases(run: Path, root: Path) -> dict[str, tuple[list[str], str]]:
         "negative steps": ([str(run), "distill.steps=-3"], "'distill.steps' got -3; accepted: an integer >= 0"),
         "not a run folder": ([str(root / "nowhere")], "is not a run folder (no config.yaml)"),
         "unfinished run": ([str(unfinished)], "holds no completed run (run.json status 'preempted')"),
+        "with_forget not a bool": ([str(run), "distill.with_forget=maybe"], "'distill.with_forget' got 'maybe'; accepted: true or false"),
         "missing data": ([str(run), f"distill.data.path={root / 'missing.jsonl'}"], "missing.jsonl' does not exist"),
         "batch shape": ([str(run), "distill.global_batch_size=6", "distill.per_device_batch_size=4"], "is not a multiple of"),
     }

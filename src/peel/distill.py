@@ -120,10 +120,11 @@ def prepare(config: Config, force: bool = False) -> Prepared:
                         f"({settings.per_device_batch_size}) x processes ({world}) = {per_step}")
     folder_state = resume.folder_state(output_dir, config, force)
     tokenizer = load_tokenizer(str(teacher))
-    source = settings.data if settings.data is not None else config.data.retain
-    examples = tokenize(load_texts(source, settings.num_examples, settings.seed), tokenizer, config.data.max_length)
+    sources = [settings.data if settings.data is not None else config.data.retain]
     if settings.with_forget:
-        examples += tokenize(load_texts(config.data.forget, settings.num_examples, settings.seed), tokenizer, config.data.max_length)
+        sources.append(config.data.forget)
+    examples = [ids for source in sources
+                for ids in tokenize(load_texts(source, settings.num_examples, settings.seed), tokenizer, config.data.max_length)]
     return Prepared(teacher, folder_state, tokenizer, examples, settings.global_batch_size // per_step)
 
 
