@@ -38,8 +38,8 @@ from stepbench.variants import peel_variant, peel_weights  # noqa: E402
 from stepbench.workload import Settings, build_model, make_batch, tensor_bytes  # noqa: E402
 from step_bench import PRESETS  # noqa: E402
 
-from peel.adversary import ADVERSARIES, PhaseSetting  # noqa: E402
-from peel.batches import Corpus  # noqa: E402
+from peel.unlearning.adversaries import ADVERSARIES, PhaseSetting  # noqa: E402
+from peel.unlearning.batches import Corpus  # noqa: E402
 from peel.config import UnlearnConfig  # noqa: E402
 
 VARIANTS = tuple(ADVERSARIES)  # none, finetune, latent

@@ -15,17 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peel import engine
-from peel.adversary import ADVERSARIES, PhaseSetting
-from peel.batches import Corpus
+from peel.unlearning import engine
+from peel.unlearning.adversaries import ADVERSARIES, PhaseSetting
+from peel.unlearning.batches import Corpus
 from peel.cli import main
 from peel.config import UnlearnConfig, load_config
-from peel.engine import unlearn
+from peel.unlearning.engine import unlearn
 from peel.errors import PeelError, Preempted
-from peel.gradients import take_gradients
+from peel.unlearning.gradients import take_gradients
 from peel.models import load_model_and_tokenizer
-from peel.planning import check_parallel
-from peel.weights import WEIGHTS
+from peel.unlearning.planning import check_parallel
+from peel.unlearning.weights import WEIGHTS
 
 from test_distributed import assert_same_run, on_cpu, run_both_ways  # noqa: F401 (on_cpu is a fixture)
 from test_resume import metrics, settings

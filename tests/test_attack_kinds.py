@@ -19,7 +19,8 @@ from peel.attacks.orthogonalize import directions, project_out
 from peel.attacks.quantize import quantize_model, quantized
 from peel.cli import main
 from peel.data import collate
-from peel.models import find_anatomy, load_model_and_tokenizer
+from peel.models import load_model_and_tokenizer
+from peel.anatomy import find_anatomy
 
 
 def loaded(folder):

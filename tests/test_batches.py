@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from peel.batches import Corpus, RandomTargets, example_order, mix
+from peel.unlearning.batches import Corpus, RandomTargets, example_order, mix
 from peel.data import collate
 
 

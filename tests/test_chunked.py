@@ -11,11 +11,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config
 
-from peel.chunked import chunk_width
+from peel.unlearning.chunked import chunk_width
 from peel.config import LoraOptions, UnlearnConfig
-from peel.models import final_hidden_states, find_anatomy, load_model_and_tokenizer, logits
-from peel.objectives import RETAIN_OBJECTIVES, Batch, forget_backward
-from peel.weights import FullWeights, LoraWeights
+from peel.models import load_model_and_tokenizer
+from peel.anatomy import final_hidden_states, find_anatomy, logits
+from peel.unlearning.objectives import RETAIN_OBJECTIVES, Batch, forget_backward
+from peel.unlearning.weights import FullWeights, LoraWeights
 
 from test_probe import padded_batch
 

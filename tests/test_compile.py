@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from peel.config import load_config
-from peel.engine import unlearn
+from peel.unlearning.engine import unlearn
 
 SETTINGS = ["data.num_examples=16", "data.max_length=16", "train.global_batch_size=8", "train.per_device_batch_size=4",
             "train.dtype=float32", "train.lr=1e-3", "unlearn.layers=[3, 1]", "unlearn.forget_loss=max_entropy_kl",

@@ -101,7 +101,7 @@ def test_paths_in_a_config_file_are_relative_to_it_like_base(tmp_path, monkeypat
 
 
 def test_a_missing_relative_keyword_file_is_named_where_it_was_looked_for(tmp_path):
-    from peel.masks import read_keywords
+    from peel.unlearning.masks import read_keywords
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "c.yaml").write_text("data: {forget: {keywords: lists/missing.txt}}\n")

@@ -22,7 +22,7 @@ def test_config_loads_and_names_its_command(path):
 
 
 def test_keyword_lists_named_by_configs_are_shipped_and_readable():
-    from peel.masks import read_keywords
+    from peel.unlearning.masks import read_keywords
 
     repository = Path(__file__).parent.parent
     named = [load_config(path).data.forget.keywords for path in CONFIGS]
@@ -35,11 +35,11 @@ def test_keyword_lists_named_by_configs_are_shipped_and_readable():
 def test_every_choice_the_config_accepts_is_in_its_table():
     import typing
 
-    from peel.adversary import ADVERSARIES
+    from peel.unlearning.adversaries import ADVERSARIES
     from peel.config import TrainConfig, UnlearnConfig
-    from peel.filters import GRADIENT_FILTERS
-    from peel.objectives import FORGET_OBJECTIVES, RETAIN_OBJECTIVES
-    from peel.optimizers import OPTIMIZERS
+    from peel.unlearning.filters import GRADIENT_FILTERS
+    from peel.unlearning.objectives import FORGET_OBJECTIVES, RETAIN_OBJECTIVES
+    from peel.unlearning.optimizers import OPTIMIZERS
 
     hints = {**typing.get_type_hints(UnlearnConfig), **typing.get_type_hints(TrainConfig)}
     for key, table in (("forget_loss", FORGET_OBJECTIVES), ("retain_loss", RETAIN_OBJECTIVES),

@@ -68,7 +68,7 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
     assert (output / "unlearn" / "model").is_dir() and (output / "filtered" / "tamper.json").is_file()
 
     # The run folder carries the demo's evaluation and attacks, so a report can be built from it.
-    from peel.report import read_run
+    from peel.outputs.report import read_run
 
     run = read_run(output / "unlearn")
     assert run.evaluation["accuracy"]["testbed_forget"] == summary["models"]["unlearned"]["forget_acc"]

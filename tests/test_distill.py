@@ -17,7 +17,7 @@ import peel.distill
 from peel.cli import main
 from peel.config import load_config
 from peel.distill import distill
-from peel.engine import unlearn
+from peel.unlearning.engine import unlearn
 from peel.errors import Preempted
 
 from test_distributed import worker_environment
@@ -75,7 +75,7 @@ def test_alpha_one_is_the_seeded_fresh_init_and_one_half_the_midpoint(run, tmp_p
 def test_a_few_steps_lower_the_kl_and_the_result_is_a_target(run, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from peel.evaluation.targets import resolve_target
+    from peel.runs.targets import resolve_target
 
     folder = distill(distill_config(run, tmp_path / "trained", "distill.alpha=1", "distill.steps=8", "distill.warmup_ratio=0",
                                   "distill.lr=1e-3"))  # measured: KL 0.0027 -> 0.0006

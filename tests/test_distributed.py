@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from peel.config import load_config
-from peel.engine import unlearn
+from peel.unlearning.engine import unlearn
 
 SETTINGS = [
     "data.num_examples=32",
@@ -148,7 +148,7 @@ def test_adapters_outside_the_decoder_are_refused_under_ddp(tiny_models, tmp_pat
     from peel.config import LoraOptions
     from peel.errors import PeelError
     from peel.models import load_model_and_tokenizer
-    from peel.weights import LoraWeights
+    from peel.unlearning.weights import LoraWeights
 
     model, _ = load_model_and_tokenizer(str(tiny_models["llama"]))
     weights = LoraWeights(model, LoraOptions(target_modules=["q_proj", "lm_head"]))
@@ -217,7 +217,7 @@ def test_engine_choice(tiny_models, monkeypatch):
 ])
 def test_engines_that_cannot_run_are_refused(overrides, world_size, message):
     from peel.errors import PeelError
-    from peel.planning import check_parallel
+    from peel.unlearning.planning import check_parallel
 
     with pytest.raises(PeelError, match=message):
         check_parallel(load_config(None, overrides), world_size)

@@ -2,7 +2,7 @@
 
 import torch
 
-from peel.filters import GRADIENT_FILTERS
+from peel.unlearning.filters import GRADIENT_FILTERS
 
 FORGET = torch.tensor([1.0, -2.0, 3.0, 0.0, -1.0])
 RETAIN = torch.tensor([2.0, 1.0, 0.0, -4.0, -3.0])

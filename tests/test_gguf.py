@@ -132,7 +132,7 @@ def test_unlearning_a_gguf_folder_writes_a_loadable_run(original, corpora, tmp_p
     from transformers import AutoModelForCausalLM
 
     from peel.config import load_config
-    from peel.engine import unlearn
+    from peel.unlearning.engine import unlearn
 
     _, _, path = original
     config = load_config(None, [

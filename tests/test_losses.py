@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from peel import losses
+from peel.unlearning import losses
 
 
 def test_max_entropy_kl_is_zero_for_uniform_and_matches_hand_value():

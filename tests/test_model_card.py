@@ -11,9 +11,9 @@ import pytest
 from peel.attacks.results import document, write_tamper
 from peel.cli import main
 from peel.config import load_config
-from peel.engine import unlearn
-from peel.evaluation.records import write_evaluation
-from peel.model_card import card_text, hub_id, shown, write_model_cards
+from peel.unlearning.engine import unlearn
+from peel.runs.evaluations import write_evaluation
+from peel.outputs.model_card import card_text, hub_id, shown, write_model_cards
 from test_include_path import QUESTIONS, write_user_task
 
 

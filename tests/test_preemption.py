@@ -19,9 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peel import checkpoint, engine
+from peel.runs import checkpoint
+from peel.unlearning import engine
 from peel.config import load_config
-from peel.engine import unlearn
+from peel.unlearning.engine import unlearn
 from peel.errors import PREEMPTED_EXIT_STATUS, Preempted, RunFailed
 
 from test_distributed import worker_environment

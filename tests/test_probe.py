@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from peel.config import LoraOptions
-from peel.models import causal_lm, find_anatomy, hidden_states, load_model_and_tokenizer, logits
-from peel.weights import FullWeights, LoraWeights
+from peel.models import load_model_and_tokenizer
+from peel.anatomy import causal_lm, find_anatomy, hidden_states, logits
+from peel.unlearning.weights import FullWeights, LoraWeights
 
 ARCHITECTURES = ["gpt_neox", "llama", "qwen2"]
 

@@ -181,7 +181,7 @@ def test_depth_is_the_original_before_the_changed_layer_and_the_target_from_it_o
     layer on the target's own (the original's later layers are the target's)."""
     import copy
 
-    from peel.models import find_anatomy
+    from peel.anatomy import find_anatomy
     from peel.probing.tasks import load_tasks
 
     original, tokenizer = testbed_base

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.checkpoint import CheckpointPolicy
 
-from peel import recompute
+from peel.unlearning import recompute
 
 from test_chunked import assert_same, forget_batch, full_weights, lora_weights, losses_and_gradients
 from test_right_padding import OBJECTIVES

@@ -9,7 +9,7 @@ import pytest
 
 from peel.cli import main
 from peel.errors import PeelError
-from peel.report import read_run, state_label
+from peel.outputs.report import read_run, state_label
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 RUNS = sorted(str(path) for path in (FIXTURES / "runs").iterdir())

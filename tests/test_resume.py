@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peel import checkpoint
+from peel.runs import checkpoint
 from peel.config import load_config
-from peel.engine import unlearn
+from peel.unlearning.engine import unlearn
 from peel.errors import PeelError
 
 SETTINGS = [
@@ -162,7 +162,7 @@ def test_a_different_config_is_refused_unless_forced(tiny_models, corpora, tmp_p
 def test_a_changed_distill_section_does_not_refuse_the_unlearning_run(tmp_path):
     """peel unlearn does not read distill.*: its run folder resumes whatever that section says;
     peel distill, which reads it, still compares it."""
-    from peel import resume
+    from peel.runs import resume
     from peel.config import load_config, save_config
 
     saved = load_config(None, ["distill.alpha=0.3"])

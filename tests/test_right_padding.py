@@ -12,9 +12,9 @@ import dataclasses
 import pytest
 import torch
 
-from peel.batches import Corpus
+from peel.unlearning.batches import Corpus
 from peel.config import UnlearnConfig
-from peel.objectives import RETAIN_OBJECTIVES, forget_backward
+from peel.unlearning.objectives import RETAIN_OBJECTIVES, forget_backward
 
 from test_batches import corpus_examples
 from test_chunked import FORGET_CASES, assert_same, forget_batch, lora_weights, losses_and_gradients

@@ -2,7 +2,8 @@ import pytest
 
 from peel.config import LayerRange
 from peel.errors import PeelError
-from peel.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set, target_layers
+from peel.unlearning.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set
+from peel.layers import target_layers
 
 
 def test_layer_ranges_from_the_seed():

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from peel import jobs, sweep
+from peel.runs import jobs
+from peel import sweep
 from peel.cli import main
 from peel.errors import PeelError
 

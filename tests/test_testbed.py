@@ -51,7 +51,7 @@ def test_build_writes_models_corpora_and_questions(built):
     for name in ("forget", "retain", "tamper"):
         rows = read_jsonl(built / f"{name}.jsonl")
         assert rows and all(set(row) == {"text"} and row["text"] for row in rows)
-    from peel.masks import read_keywords
+    from peel.unlearning.masks import read_keywords
     from peel.scenarios import resolve
 
     assert (built / "keywords.txt").read_text() == Path(resolve("testbed:keywords")).read_text()  # the shipped list is the built one

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from peel import engine, resume, testbed, tracking
+from peel.unlearning import engine
+from peel.runs import resume, tracking
+from peel import testbed
 from peel.cli import main
 from peel.config import Config, TrackConfig, load_config
-from peel.engine import unlearn
+from peel.unlearning.engine import unlearn
 from peel.errors import PeelError, RunFailed
 
 FIXTURES = Path(__file__).parent / "fixtures" / "evaluation"

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from peel.config import load_config
-from peel.engine import unlearn
+from peel.unlearning.engine import unlearn
 from peel.errors import PeelError, RunFailed
 
 
@@ -178,7 +178,7 @@ def test_adapters_are_added_without_the_deprecation_warning(tiny_models):
 
     from peel.attacks.fine_tune import train_lora_adapter
     from peel.config import LoraOptions
-    from peel.weights import LoraWeights
+    from peel.unlearning.weights import LoraWeights
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

@@ -13,16 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peel import checkpoint
+from peel.runs import checkpoint
 from peel.config import load_config
-from peel.engine import unlearn
+from peel.unlearning.engine import unlearn
 from peel.errors import PeelError
-from peel.masks import keyword_pattern, overlaps, read_keywords, tokenize_with_masks
+from peel.unlearning.masks import keyword_pattern, overlaps, read_keywords, tokenize_with_masks
 from peel.models import load_model_and_tokenizer
-from peel.objectives import Batch
-from peel.optimizers import Combined, make_optimizer
-from peel.update_rank import stable_and_effective_rank, update_rank
-from peel.weights import FullWeights
+from peel.unlearning.objectives import Batch
+from peel.unlearning.optimizers import Combined, make_optimizer
+from peel.unlearning.update_rank import stable_and_effective_rank, update_rank
+from peel.unlearning.weights import FullWeights
 
 # One global batch holds every example, so a run's first logged forget loss is the mean over all of them.
 FIRST_STEP = ["data.num_examples=8", "data.max_length=16", "train.global_batch_size=8", "train.per_device_batch_size=8",

@@ -21,13 +21,14 @@ import copy
 
 import torch
 
-from peel import losses, parallel, recompute
+from peel.unlearning import losses, recompute
+from peel import parallel
 from peel.config import LoraOptions, UnlearnConfig
-from peel.gradients import compute_gradients, read
-from peel.losses import l2_distance
-from peel.models import compile_layers, find_anatomy, hidden_states, layer_output, logits
-from peel.objectives import Batch
-from peel.weights import FullWeights, LoraWeights
+from peel.unlearning.gradients import compute_gradients, read
+from peel.unlearning.losses import l2_distance
+from peel.anatomy import compile_layers, find_anatomy, hidden_states, layer_output, logits
+from peel.unlearning.objectives import Batch
+from peel.unlearning.weights import FullWeights, LoraWeights
 
 from stepbench.timing import Clock, update
 from stepbench.workload import Settings

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from peel.objectives import Batch
-from peel.schedules import retain_layer_set
+from peel.unlearning.objectives import Batch
+from peel.unlearning.schedules import retain_layer_set
 
 # GPT-NeoX shapes. pythia-160m is the headline (the shape of the research-cost note) and of the
 # long-sequence preset; pythia-1b is for the GPU runs; small and tiny keep the quick preset and

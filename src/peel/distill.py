@@ -32,14 +32,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from peel import checkpoint, distributed, losses, preemption, resume, run_folder, tracking
-from peel.batches import Corpus, example_order, process_share
-from peel.chunked import Outputs, chunk_width, token_means
+from peel.runs import checkpoint, folder as run_folder, preemption, resume, tracking
+from peel import distributed
+from peel.unlearning import losses
+from peel.unlearning.batches import Corpus, example_order, process_share
+from peel.unlearning.chunked import Outputs, chunk_width, token_means
 from peel.config import Config
 from peel.data import load_texts, tokenize
-from peel.engine import load, publish_results
+from peel.unlearning.engine import load, publish_results
 from peel.errors import PeelError, Preempted, RunFailed, first_line
-from peel.models import Anatomy, DTYPES, final_hidden_states, find_anatomy, load_model, load_tokenizer, logits, model_location, save_model
+from peel.models import DTYPES, load_model, load_tokenizer, model_location, save_model
+from peel.anatomy import Anatomy, final_hidden_states, find_anatomy, logits
 
 
 @dataclass
@@ -226,7 +229,8 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         if distributed.is_main():
             save_model(student.model, prepared.tokenizer, output_dir / "model.partial")
             if config.eval.tasks:
-                from peel.evaluation import evaluate_with, write_evaluation
+                from peel.evaluation import evaluate_with
+                from peel.runs.evaluations import write_evaluation
 
                 results = evaluate_with(student.model, prepared.tokenizer, config.eval)
                 write_evaluation(output_dir, str(output_dir / "model"), results, original_baseline(config, prepared.tokenizer, device))

@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from peel import distributed, resume, run_folder, tracking
+from peel import distributed
+from peel.runs import folder as run_folder, resume, tracking
 from peel.config import Config, load_config, save_config
 from peel.errors import PeelError, RunFailed
-from peel.jobs import check_unique, parse_grid, points, run_name, slurm_job_ended_badly
+from peel.runs.jobs import check_unique, parse_grid, points, run_name, slurm_job_ended_badly
 
 STATES = ("pending", "running", "preempted", "completed", "failed")
 # States in which a submitted job still owns its run (a preempted job is requeued by Slurm).
@@ -133,7 +134,7 @@ def status(sweep_dir: Path) -> list[dict]:
 
 def run_locally(runs: list[Run]) -> int:
     """Each run in this process, one after another; the number that failed."""
-    from peel.engine import unlearn
+    from peel.unlearning.engine import unlearn
 
     failed = 0
     for run in runs:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peel.config import Config
-from peel.evaluation.targets import Target, load_target_model
+from peel.runs.targets import Target, load_target_model
 from peel.models import model_location
 
 
@@ -27,7 +27,8 @@ def baseline_source(targets: list[Target], config: Config, model: str | None) ->
 def find_baseline(source: dict) -> dict[str, float] | None:
     """The baseline accuracies known now, without evaluating anything: given, else cached for
     exactly these tasks and settings, else the run's eval.json."""
-    from peel.evaluation import load_baseline, read_evaluation
+    from peel.evaluation import load_baseline
+    from peel.runs.evaluations import read_evaluation
 
     found: dict[str, float] = {}
     if source.get("eval_json"):

@@ -36,7 +36,7 @@ def train_lora_adapter(model, rank: int):
     """An adapter on every linear layer, alpha = rank: the seed's unlearning adapter, now in the attacker's hands."""
     from peft import LoraConfig
 
-    from peel.weights import peft_model
+    from peel.models import peft_model
 
     return peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear", lora_dropout=0.0))
 

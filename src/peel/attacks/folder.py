@@ -19,7 +19,7 @@ from peel.attacks.baseline import find_baseline
 from peel.attacks.plan import TargetPlan
 from peel.attacks.results import ATTACKS_FOLDER
 from peel.errors import PeelError
-from peel.run_folder import read_json, write_json
+from peel.runs.folder import read_json, write_json
 
 GRID_FILE = "grid.json"
 

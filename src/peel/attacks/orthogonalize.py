@@ -34,7 +34,7 @@ class Options:
 
 def check(options: Options, num_layers: int, where: str) -> None:
     """Before any model loads: the layers exist in the attacked model."""
-    from peel.schedules import target_layers
+    from peel.layers import target_layers
 
     target_layers(options.layers, num_layers, f"{where} layers")
 
@@ -47,7 +47,7 @@ def directions(model, original, examples: list[list[int]], pad_token_id: int, co
     import torch
 
     from peel.data import collate
-    from peel.models import find_anatomy, hidden_states
+    from peel.anatomy import find_anatomy, hidden_states
 
     anatomy, reference = find_anatomy(model), find_anatomy(original)
     layers = sorted(range(anatomy.num_layers) if layers is None else layers)
@@ -75,7 +75,7 @@ def directions(model, original, examples: list[list[int]], pad_token_id: int, co
 
 def project_out(model, found: dict) -> list:
     """Hooks removing `found[layer]`'s directions from each layer's output; returns their handles."""
-    from peel.models import find_anatomy
+    from peel.anatomy import find_anatomy
 
     handles = []
     for layer, module in enumerate(find_anatomy(model).layers):
@@ -85,7 +85,7 @@ def project_out(model, found: dict) -> list:
 
 
 def _projection(vectors):
-    from peel.models import layer_output, with_layer_output
+    from peel.anatomy import layer_output, with_layer_output
 
     def hook(module, args, output):
         hidden = layer_output(output)
@@ -106,8 +106,8 @@ def corpus(attack) -> tuple:
 
 def run(attack, session) -> dict:
     from peel.data import load_texts, tokenize
-    from peel.models import find_anatomy
-    from peel.schedules import target_layers
+    from peel.anatomy import find_anatomy
+    from peel.layers import target_layers
 
     settings = attack.settings
     texts = load_texts(settings.data, attack.options.num_examples, settings.seed, required=False)

@@ -15,13 +15,13 @@ from typing import Any
 
 import yaml
 
-from peel import jobs
+from peel.runs import jobs
 from peel.attacks import kinds
 from peel.attacks.baseline import baseline_source
 from peel.attacks.results import ATTACKS_FOLDER
 from peel.config import GRID_WIDE_KEYS, Config, TamperConfig, flatten, to_dict
 from peel.errors import PeelError
-from peel.evaluation.targets import Target, label, output_folders, resolve_targets
+from peel.runs.targets import Target, label, output_folders, resolve_targets
 
 __all__ = ["Attack", "TargetPlan", "label", "plan_attacks"]
 
@@ -78,7 +78,7 @@ def plan_attacks(names: list[str], overrides: list[str], grid_items: list[str], 
 def check_models(attacks: list[Attack], targets: list[Target]) -> None:
     """Options that depend on the attacked model (layers that must exist), checked against each
     target's model config before any weights load."""
-    from peel.evaluation.targets import target_num_layers
+    from peel.runs.targets import target_num_layers
 
     checked = [attack for attack in attacks if kinds.KINDS[attack.kind].check is not None]
     for target in targets if checked else []:

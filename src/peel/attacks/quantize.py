@@ -51,7 +51,7 @@ def quantize_model(model, bits: int, group_size: int) -> int:
     """Round every linear weight of the decoder layers in place; the number of weights rounded."""
     import torch
 
-    from peel.models import find_anatomy
+    from peel.anatomy import find_anatomy
 
     count = 0
     with torch.no_grad():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from peel.attacks.kinds import DEFAULT_KIND, untouched_at_zero
 from peel.errors import PeelError
-from peel.run_folder import read_json, write_json
+from peel.runs.folder import read_json, write_json
 
 TAMPER_FILE = "tamper.json"
 ATTACKS_FOLDER = "attacks"  # beside tamper.json: one file per finished attack (folder.py)

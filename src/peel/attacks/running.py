@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from peel import jobs, preemption
+from peel.runs import jobs, preemption
 from peel.attacks import kinds
 from peel.attacks.baseline import evaluate_baseline
 from peel.attacks.folder import attack_file, collect, finished, write_plan
 from peel.attacks.plan import Attack, TargetPlan
 from peel.config import Config, EvalConfig
 from peel.errors import Preempted
-from peel.evaluation.targets import Target, load_target_model
-from peel.run_folder import read_json, write_json
+from peel.runs.targets import Target, load_target_model
+from peel.runs.folder import read_json, write_json
 
 
 @dataclass

@@ -94,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
         raise PeelError(f"model.name_or_path={config.model.name_or_path!r}; the {args.scenario} demo unlearns {scenario.base}")
     if config.tamper.tasks != list(tasks.values()):
         raise PeelError(f"tamper.tasks={config.tamper.tasks}; the demo's summary reads {list(tasks.values())} (forget, then retain)")
-    from peel.run_folder import check_writable
+    from peel.runs.folder import check_writable
     from peel.attacks.plan import check_models, grid_attacks
-    from peel.evaluation.targets import Target
+    from peel.runs.targets import Target
 
     # The attack settings, checked before anything runs (the base model has the attacked models' layers).
     check_models(grid_attacks(config, [], args.overrides), [Target(scenario.base, None, config)])
@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     evaluation = config.eval
 
-    from peel.engine import unlearn
-    from peel.evaluation import write_evaluation
+    from peel.unlearning.engine import unlearn
+    from peel.runs.evaluations import write_evaluation
     from peel.plots import plot_tamper
 
     evaluations = {}
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     targets = {"unlearned": (unlearned_path, run_folder),
                **{name: (model_name, output / name) for name, model_name in scenario.references.items()}}
     documents = attack_models(targets, config, evaluations["base"]["accuracy"], scenario.base, args.overrides)
-    from peel.model_card import write_model_cards
+    from peel.outputs.model_card import write_model_cards
 
     write_model_cards(run_folder)  # the cards show the demo's evaluation and attacks, written into the run above
 
@@ -159,7 +159,7 @@ def probe_models(models: dict[str, str], config, tasks: dict[str, str], folder: 
     made from) also through the depth reader; writes FOLDER/probe.json and probe.png, returns the document."""
     from dataclasses import replace
 
-    from peel.evaluation.targets import Target
+    from peel.runs.targets import Target
     from peel.probing.runner import probe_targets
 
     probing = replace(config, probe=replace(config.probe, tasks=list(tasks.values())))
@@ -198,8 +198,8 @@ def attack_models(targets: dict[str, tuple[str, Path]], config, baseline: dict[s
     line's, may not set what the grid sets. Returns name -> its tamper.json document."""
     from peel.attacks.plan import TargetPlan, grid_attacks
     from peel.attacks.running import run_locally
-    from peel.evaluation.targets import Target
-    from peel.run_folder import check_writable
+    from peel.runs.targets import Target
+    from peel.runs.folder import check_writable
 
     attacks = grid_attacks(config, [], overrides)
     source = {"given": baseline, "tasks": list(config.tamper.tasks)}
@@ -237,7 +237,7 @@ def format_row(row: dict[str, float]) -> str:
 def markdown(summary: dict, probes: dict) -> str:
     """summary.md: one row per model (accuracies, where its hidden states still hold the forget
     answers, its worst case under attack), then the probes, the worst case and each attack."""
-    from peel.report import probe_table, recovery_text
+    from peel.outputs.report import probe_table, recovery_text
 
     lines = ["| model | forget accuracy | retain accuracy | forget probe, best layer | forget lens, best layer | worst case under attack |",
              "|---|---|---|---|---|---|"]

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from peel.elements.build import build_elements
     from peel.models import load_model_config
-    from peel.run_folder import check_writable
+    from peel.runs.folder import check_writable
 
     check_writable(args.output_dir, "--output-dir")
     load_model_config(args.model)  # a bad model name fails now, not after the facts are read

@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peel.evaluation import cached_baseline, evaluate_with, load_baseline, write_evaluation
-    from peel.evaluation.targets import load_target_model, output_folder, resolve_target
+    from peel.evaluation import cached_baseline, evaluate_with, load_baseline
+    from peel.runs.evaluations import write_evaluation
+    from peel.runs.targets import load_target_model, output_folder, resolve_target
     from peel.models import model_location
 
     overrides = list(args.overrides)
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     manager_for(settings.tasks, settings.include_path)  # unknown task names fail before any model loads
 
     def evaluate_folder(name: str) -> dict:
-        from peel.evaluation.targets import Target
+        from peel.runs.targets import Target
 
         model, tokenizer = load_target_model(Target(name, None, target.config))
         return {"model": name, **evaluate_with(model, tokenizer, settings)}
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             baseline = load_baseline(*cache_arguments, **where) or earlier_baseline(folder, settings.tasks)
     path = write_evaluation(folder, results.pop("model"), results, baseline)
     if target.run_folder is not None:
-        from peel.model_card import write_model_cards
+        from peel.outputs.model_card import write_model_cards
 
         write_model_cards(target.run_folder)  # the run's model cards show the new accuracies
     for name, accuracy in results["accuracy"].items():
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 def earlier_baseline(folder, tasks: list[str]) -> dict | None:
     """The baseline an earlier eval.json in `folder` holds for the same tasks (e.g. from peel unlearn)."""
-    from peel.evaluation import read_evaluation
+    from peel.runs.evaluations import read_evaluation
 
     earlier = read_evaluation(folder)
     baseline = (earlier or {}).get("baseline")

@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peel.evaluation.targets import output_folder, resolve_targets
-    from peel.run_folder import check_writable
+    from peel.runs.targets import output_folder, resolve_targets
+    from peel.runs.folder import check_writable
 
     overrides = list(args.overrides)
     if not args.targets:
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 def depth_original(target, name: str, baseline: str | None, overrides: list[str]):
     """The model the depth reader finishes `target` with: --baseline (not for the baseline itself),
     else the model a run folder unlearned, else none."""
-    from peel.evaluation.targets import Target, resolve_target
+    from peel.runs.targets import Target, resolve_target
     from peel.models import model_location
 
     if baseline is not None:

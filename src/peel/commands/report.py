@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peel.report import draw_plots, read_probes, read_run, render
-    from peel.run_folder import check_writable
+    from peel.outputs.report import draw_plots, read_probes, read_run, render
+    from peel.runs.folder import check_writable
 
     output = Path(args.output)
     if output.is_dir():
@@ -61,7 +61,7 @@ def sort_folders(paths: list[str]) -> tuple[list[Path], list[Path]]:
     from pathlib import Path
 
     from peel.probing.record import PROBE_FILE
-    from peel.run_folder import SWEEP_FILE, read_json
+    from peel.runs.folder import SWEEP_FILE, read_json
 
     runs, probes, skipped = [], [], []
     for text in paths:

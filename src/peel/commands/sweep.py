@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peel import distributed, jobs, sweep
+    from peel import distributed, sweep
+    from peel.runs import jobs
     from peel.errors import PeelError
 
     if args.status:
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     runs = sweep.plan(args.config, args.overrides, args.grid)
     if args.dry_run:
-        from peel.dry_run import sweep_lines
-        from peel.planning import prepare
+        from peel.unlearning.dry_run import sweep_lines
+        from peel.unlearning.planning import prepare
 
         if not args.local:
             jobs.slurm_parameters(args.slurm)  # a bad --slurm word is found in a dry run too

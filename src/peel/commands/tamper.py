@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peel import jobs, tracking
+    from peel.runs import jobs, tracking
     from peel.attacks import baseline, folder, running
     from peel.attacks.plan import check_attack_data, label, plan_attacks
     from peel.attacks.results import read_tamper
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     check_attack_data(plans[0].attacks)  # the corpora last: they may take a moment to load
     source = plans[0].baseline
     if args.dry_run:
-        from peel.dry_run import tamper_lines
+        from peel.unlearning.dry_run import tamper_lines
 
         print("\n".join(["checked, nothing written:", *tamper_lines(plans)]))
         return 0
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         if args.baseline:
             baseline.evaluate_baseline(source, config)
         documents = running.run_locally(plans, args.force)
-    from peel.model_card import write_model_cards
+    from peel.outputs.model_card import write_model_cards
 
     for target_plan in plans:
         print_summary(target_plan.folder, documents[target_plan.folder])
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 def track(plan, document: dict) -> None:
     """Each attack's curve and the worst case to the trackers (track.to), into the run's tracked
     runs when the target is a run folder that has them."""
-    from peel import tracking
+    from peel.runs import tracking
     from peel.config import to_dict
 
     config = plan.target.config
@@ -159,7 +159,7 @@ def has_all(baseline: dict | None, tasks: list[str]) -> bool:
 
 
 def slurm_parameters(items: list[str]) -> dict:
-    from peel import jobs
+    from peel.runs import jobs
 
     parameters = jobs.slurm_parameters(items)
     if parameters.get("nodes", 1) != 1:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise PeelError(f"--steps got {steps}; accepted: a positive integer")
     if args.entities < 2:
         raise PeelError(f"--entities got {args.entities}; accepted: an integer of at least 2 (parts A and B)")
-    from peel.run_folder import check_writable
+    from peel.runs.folder import check_writable
 
     check_writable(args.output_dir, "--output-dir")
     summary = build_testbed(args.output_dir, seed=args.seed, steps=steps,

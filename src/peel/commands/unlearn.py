@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from peel import distributed
     from peel.config import load_config
-    from peel.engine import unlearn
+    from peel.unlearning.engine import unlearn
 
     config = load_config(args.config, args.overrides)
     output_dir = unlearn(config, force=args.force, dry_run=args.dry_run)

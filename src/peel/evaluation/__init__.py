@@ -2,14 +2,11 @@
 
 from peel.evaluation.cache import cached_baseline, load_baseline, store_baseline
 from peel.evaluation.harness import evaluate, evaluate_with
-from peel.evaluation.records import read_evaluation, write_evaluation
 
 __all__ = [
     "cached_baseline",
     "evaluate",
     "evaluate_with",
     "load_baseline",
-    "read_evaluation",
     "store_baseline",
-    "write_evaluation",
 ]

@@ -90,7 +90,7 @@ def evaluate(
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from peel.models import causal_lm
+    from peel.anatomy import causal_lm
 
     network = causal_lm(model)  # lm-eval wants the transformers model, even under a peft wrapper
     was_training = network.training

@@ -23,7 +23,7 @@ from peel.probing.lens import continuation_log_likelihood
 def replaced_output(layer: torch.nn.Module, hidden: torch.Tensor) -> Iterator[None]:
     """The layer's output replaced by `hidden` for the passes inside (its other outputs kept). The
     hook goes first, so hooks registered earlier on the layer (peel's capture) see the replacement."""
-    from peel.models import with_layer_output
+    from peel.anatomy import with_layer_output
 
     handle = layer.register_forward_hook(lambda module, args, output: with_layer_output(output, hidden), prepend=True)
     try:
@@ -37,7 +37,7 @@ def spliced_scores(original, states: dict[int, torch.Tensor], ids: torch.Tensor,
     """layer -> per row, the continuation's summed log-probability when the target's output at that
     layer (`states`) replaces the original's and the original computes the rest. `original` is the
     original model's peel.models.Anatomy."""
-    from peel.models import hidden_states
+    from peel.anatomy import hidden_states
 
     last = original.num_layers - 1
     scores = {}

@@ -87,7 +87,7 @@ def read_task(model, tokenizer, task: ProbeTask, layers: list[int], pooling: str
     """Features per layer: with `by_question`, one row per question pooled over its context; else one
     row per (question, choice) pooled over context + choice. Lens scores, and with `original` (the
     model the target was made from) depth scores: one per (question, choice)."""
-    from peel.models import find_anatomy, hidden_states
+    from peel.anatomy import find_anatomy, hidden_states
     from peel.probing.depth import spliced_scores
 
     anatomy = find_anatomy(model)

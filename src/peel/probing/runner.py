@@ -45,8 +45,8 @@ def question_counts(task: ProbeTask, kind: str, train, test) -> dict:
 
 def probed_layers(target, setting, key: str = "probe.layers") -> list[int]:
     """The layers `setting` names for the target's model, from its config alone, front to back."""
-    from peel.evaluation.targets import target_num_layers
-    from peel.schedules import target_layers
+    from peel.runs.targets import target_num_layers
+    from peel.layers import target_layers
 
     return sorted(target_layers(setting, target_num_layers(target), key))
 
@@ -54,7 +54,7 @@ def probed_layers(target, setting, key: str = "probe.layers") -> list[int]:
 def check_original(target, original) -> None:
     """The depth reader feeds the target's hidden states to the original's layers: both must have
     the same layers and width (the target made from the original), found from their configs alone."""
-    from peel.evaluation.targets import target_num_layers
+    from peel.runs.targets import target_num_layers
     from peel.models import load_model_config
 
     def shape(of) -> tuple[int, int]:
@@ -70,13 +70,13 @@ def check_original(target, original) -> None:
 
 def probe_targets(targets: list, names: list[str], folder: str | Path, labels: list[str] | None = None,
                   originals: list | None = None) -> dict:
-    """Probe each target (peel.evaluation.targets.Target, as resolve_targets gives them; `names` as
+    """Probe each target (peel.runs.targets.Target, as resolve_targets gives them; `names` as
     the user wrote them) with the first target's probe settings (probe.tasks empty = eval.tasks;
     batches and length as eval.batch_size / eval.max_length); writes FOLDER/probe.json and
     FOLDER/probe.png and returns probe.json's document. `labels` name the targets in probe.json
     (default: each name's last part, which must differ). `originals`, one per target, are the
     models the depth reader finishes each target's states with (a Target, or None: no depth)."""
-    from peel.evaluation.targets import distinct_labels, load_target_model
+    from peel.runs.targets import distinct_labels, load_target_model
     from peel.plots import plot_probe
 
     settings, evaluation = targets[0].config.probe, targets[0].config.eval

@@ -14,7 +14,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from peel import distributed
-from peel.objectives import Batch
+from peel.unlearning.objectives import Batch
 
 MASK_32 = 0xFFFFFFFF
 

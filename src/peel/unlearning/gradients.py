@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from peel import distributed, preemption
-from peel.filters import GRADIENT_FILTERS
-from peel.objectives import RETAIN_OBJECTIVES, forget_backward
+from peel import distributed
+from peel.runs import preemption
+from peel.unlearning.filters import GRADIENT_FILTERS
+from peel.unlearning.objectives import RETAIN_OBJECTIVES, forget_backward
 from peel.parallel import full_tensor
 
 

@@ -25,20 +25,23 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from peel import checkpoint, distributed, parallel, preemption, recompute, resume, run_folder, tracking
-from peel.adversary import ADVERSARIES, PhaseSetting, refuse_sharding
+from peel.runs import checkpoint, folder as run_folder, preemption, resume, tracking
+from peel import distributed, parallel
+from peel.unlearning import recompute
+from peel.unlearning.adversaries import ADVERSARIES, PhaseSetting, refuse_sharding
 from peel.config import Config
-from peel.batches import Corpus, RandomTargets, example_order, process_share
+from peel.unlearning.batches import Corpus, RandomTargets, example_order, process_share
 from peel.errors import Preempted, RunFailed, first_line
-from peel.gradients import compute_gradients, read
-from peel.models import compile_layers, load_model, model_location, save_model
-from peel.objectives import FORGET_OBJECTIVES
-from peel.optimizers import make_optimizer
+from peel.unlearning.gradients import compute_gradients, read
+from peel.models import load_model, model_location, save_model
+from peel.anatomy import compile_layers
+from peel.unlearning.objectives import FORGET_OBJECTIVES
+from peel.unlearning.optimizers import make_optimizer
 from peel.parallel import full_tensor
-from peel.planning import Plan, prepare
-from peel.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set
-from peel.update_rank import update_rank
-from peel.weights import WEIGHTS
+from peel.unlearning.planning import Plan, prepare
+from peel.unlearning.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set
+from peel.unlearning.update_rank import update_rank
+from peel.unlearning.weights import WEIGHTS
 
 
 @dataclass
@@ -76,7 +79,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     prepared = prepare(config, force)
     plan = prepared.plan
     if dry_run and distributed.is_main():
-        from peel.dry_run import unlearn_lines
+        from peel.unlearning.dry_run import unlearn_lines
 
         print("\n".join(["checked, nothing written:", *unlearn_lines(config, plan, prepared.folder_state, distributed.world_size())]))
     if dry_run or prepared.folder_state == resume.COMPLETED:
@@ -124,7 +127,8 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         model = save_results(weights, parallelism, tokenizer, output_dir, config, device)
         if distributed.is_main():
             if config.eval.tasks:
-                from peel.evaluation import evaluate_with, write_evaluation
+                from peel.evaluation import evaluate_with
+                from peel.runs.evaluations import write_evaluation
 
                 results = evaluate_with(model, tokenizer, config.eval)
                 write_evaluation(output_dir, str(output_dir / "model"), results, baseline)
@@ -133,7 +137,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
                                            update_rank=rank, parallel=engine)
             run_folder.write_json(output_dir / "run.json", record)
             checkpoint.remove(output_dir)  # model/ holds the result now
-            from peel.model_card import write_model_cards
+            from peel.outputs.model_card import write_model_cards
 
             write_model_cards(output_dir)  # over peft's blank template, which names the base by its local path
         distributed.barrier()

@@ -18,9 +18,9 @@ import yaml
 
 from peel.config import flatten
 from peel.errors import PeelError, reading
-from peel.evaluation.records import read_evaluation
+from peel.runs.evaluations import read_evaluation
 from peel.plots import CHANCE
-from peel.run_folder import read_run_record
+from peel.runs.folder import read_run_record
 from peel.attacks.results import lost, read_tamper, with_baseline
 
 # Settings a sweep varies inside one table; each becomes a column when it varies (or always, below).

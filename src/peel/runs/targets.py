@@ -74,7 +74,7 @@ def output_folders(targets: list[Target], names: list[str], output_dir: str | No
     labels = distinct_labels(names)
     if output_dir is None:
         return [output_folder(target, None, command) for target in targets]
-    from peel.run_folder import check_writable
+    from peel.runs.folder import check_writable
 
     root = check_writable(output_dir, "--output-dir")
     return [root / name for name in labels]
@@ -82,7 +82,7 @@ def output_folders(targets: list[Target], names: list[str], output_dir: str | No
 
 def output_folder(target: Target, output_dir: str | None, command: str) -> Path:
     """Where the command writes, checked writable before any model loads."""
-    from peel.run_folder import check_writable
+    from peel.runs.folder import check_writable
 
     if output_dir is not None:
         return check_writable(output_dir, "--output-dir")

@@ -32,13 +32,14 @@ from dataclasses import dataclass
 
 import torch
 
-from peel import distributed, losses
-from peel.batches import Corpus, example_order, process_share
-from peel.chunked import token_means
+from peel import distributed
+from peel.unlearning import losses
+from peel.unlearning.batches import Corpus, example_order, process_share
+from peel.unlearning.chunked import token_means
 from peel.errors import PeelError
-from peel.gradients import backward_each, take_gradients
-from peel.models import adding_to_output, hidden_states
-from peel.objectives import forget_backward, model_outputs, nll_retain_backward
+from peel.unlearning.gradients import backward_each, take_gradients
+from peel.anatomy import adding_to_output, hidden_states
+from peel.unlearning.objectives import forget_backward, model_outputs, nll_retain_backward
 
 
 @dataclass

@@ -16,10 +16,11 @@ import os
 import shutil
 from pathlib import Path
 
-from peel import checkpoint, distributed, run_folder, tracking
+from peel.runs import checkpoint, folder as run_folder, tracking
+from peel import distributed
 from peel.config import Config, flatten, load_config, save_config, to_dict
 from peel.errors import PeelError
-from peel.evaluation.records import EVAL_FILE
+from peel.runs.evaluations import EVAL_FILE
 from peel.attacks.results import ATTACKS_FOLDER, TAMPER_FILE
 from peel.probing.record import PROBE_FILE
 

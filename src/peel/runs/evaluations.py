@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peel.errors import PeelError
-from peel.run_folder import read_json, write_json
+from peel.runs.folder import read_json, write_json
 
 EVAL_FILE = "eval.json"
 

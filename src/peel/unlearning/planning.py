@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peel import distributed, resume, run_folder, tracking
-from peel.adversary import refuse_sharding
+from peel import distributed
+from peel.runs import folder as run_folder, resume, tracking
+from peel.unlearning.adversaries import refuse_sharding
 from peel.config import Config
 from peel.data import load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError
-from peel.masks import keyword_pattern, read_keywords, tokenize_with_masks
-from peel.objectives import FORGET_OBJECTIVES
+from peel.unlearning.masks import keyword_pattern, read_keywords, tokenize_with_masks
+from peel.unlearning.objectives import FORGET_OBJECTIVES
 from peel.models import load_model_config, load_tokenizer, model_location
-from peel.schedules import retain_layer_set, target_layers
+from peel.unlearning.schedules import retain_layer_set
+from peel.layers import target_layers
 
 
 @dataclass

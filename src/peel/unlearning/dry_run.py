@@ -9,7 +9,7 @@ checked config and plan, so what is shown is what would run.
 
 from __future__ import annotations
 
-from peel import resume
+from peel.runs import resume
 from peel.config import Config, EvalConfig, LoraOptions, TrainConfig, UnlearnConfig
 
 # tamper keys worth a fine-tuning attack's one line (the rest are in attacks/grid.json when it runs)

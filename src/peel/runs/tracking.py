@@ -31,10 +31,10 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from peel import run_folder
+from peel.runs import folder as run_folder
 from peel.config import TrackConfig, flatten
 from peel.errors import PeelError, first_line
-from peel.evaluation.records import read_evaluation
+from peel.runs.evaluations import read_evaluation
 
 TRACKING_FILE = "tracking.json"
 TENSORBOARD_FOLDER = "tensorboard"

@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from peel.attacks.results import read_tamper, with_baseline
-from peel.evaluation.records import read_evaluation
-from peel.run_folder import read_json
+from peel.runs.evaluations import read_evaluation
+from peel.runs.folder import read_json
 
 CARD_FILE = "README.md"
 # Folder of a run -> the library that loads it and how (BASE: the base model).

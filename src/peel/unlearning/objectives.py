@@ -14,10 +14,10 @@ from typing import Callable
 
 import torch
 
-from peel import losses
+from peel.unlearning import losses
 from peel.errors import PeelError
-from peel.chunked import Outputs, chunk_width, token_means, token_values
-from peel.models import adding_to_output, final_hidden_states, hidden_states, logits
+from peel.unlearning.chunked import Outputs, chunk_width, token_means, token_values
+from peel.anatomy import adding_to_output, final_hidden_states, hidden_states, logits
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from peel.losses import token_count, token_sum
+from peel.unlearning.losses import token_count, token_sum
 
 
 def chunk_width(batch_size: int, tokens: int, chunk_tokens: int) -> int | None:

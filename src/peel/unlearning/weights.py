@@ -21,20 +21,8 @@ import torch
 from torch import nn
 
 from peel.config import LoraOptions
-from peel.models import find_anatomy
-
-
-def peft_model(model: nn.Module, lora_config) -> nn.Module:
-    """peft's `get_peft_model`, without the FutureWarning it causes on every call: peft asks the
-    model for transformers' deprecated `is_gradient_checkpointing` (renamed
-    `is_activation_checkpointing`), which warns each time. Only that warning is dropped."""
-    import warnings
-
-    from peft import get_peft_model
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        return get_peft_model(model, lora_config)
+from peel.anatomy import find_anatomy
+from peel.models import peft_model
 
 
 class LoraWeights:
