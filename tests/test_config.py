@@ -1,6 +1,6 @@
 import pytest
 
-from peel.config import LayerRange, apply_overrides, help_lines, load_config, save_config
+from peel.config import Config, LayerRange, apply_overrides, help_lines, load_config, save_config
 from peel.errors import PeelError
 
 
@@ -46,7 +46,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_every_key_has_help():
-    lines = help_lines()
+    lines = help_lines(Config())
     keys = [line.split(" = ")[0].strip() for line in lines]
     assert "unlearn.grad_filter" in keys and "train.global_batch_size" in keys and "data.forget.path" in keys
     assert all(line.split("\n")[1].strip() for line in lines)

@@ -27,6 +27,7 @@ from peel.errors import PREEMPTED_EXIT_STATUS, Preempted, RunFailed
 
 from test_distributed import worker_environment
 from test_resume import launch, metrics, settings, steps_written
+from peel.runs.folder import CHECKPOINT_FILE
 
 
 def wait_for_steps(process: subprocess.Popen, folder: Path, count: int) -> None:
@@ -138,7 +139,7 @@ def test_a_checkpoint_write_that_fails_halfway_keeps_the_previous_one(tiny_model
         unlearn(config)
     monkeypatch.setattr(checkpoint, "save_file", real_save_file)
 
-    assert (folder / checkpoint.FILE_NAME).read_bytes() == written[0]
+    assert (folder / CHECKPOINT_FILE).read_bytes() == written[0]
     assert checkpoint.load(folder)["position"]["step"] == 3
     record = json.loads((folder / "run.json").read_text())
     assert record["status"] == "failed" and "No space left on device" in record["error"]

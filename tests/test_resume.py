@@ -17,6 +17,7 @@ from peel.runs import checkpoint
 from peel.config import load_config
 from peel.unlearning.engine import unlearn
 from peel.errors import PeelError
+from peel.runs.folder import CHECKPOINT_FILE
 
 SETTINGS = [
     "data.num_examples=64",
@@ -104,7 +105,7 @@ def test_sigkilled_full_fine_tuning_run_resumes_to_the_uninterrupted_result(tiny
     after, expected = load_file(killed / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")
     for name in expected:
         torch.testing.assert_close(after[name], expected[name], rtol=1e-6, atol=1e-7)
-    assert not (killed / checkpoint.FILE_NAME).exists()
+    assert not (killed / CHECKPOINT_FILE).exists()
 
     # Run again: completed, so nothing happens and exit status is 0.
     again = launch(config_file, arguments)

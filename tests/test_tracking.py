@@ -24,6 +24,7 @@ from peel.cli import main
 from peel.config import Config, TrackConfig, load_config
 from peel.unlearning.engine import unlearn
 from peel.errors import PeelError, RunFailed
+from peel.runs.folder import TRACKING_FILE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "evaluation"
 PROJECT = "peel-tests"
@@ -106,7 +107,7 @@ def attack_curve(folder: Path) -> list[dict]:
 
 
 def identity(folder: Path, tracker: str) -> dict:
-    return json.loads((folder / tracking.TRACKING_FILE).read_text())["trackers"][tracker]
+    return json.loads((folder / TRACKING_FILE).read_text())["trackers"][tracker]
 
 
 def wandb_records(run_file: Path) -> list[dict]:
@@ -238,7 +239,7 @@ def test_a_tracker_that_fails_is_a_warning_and_the_run_goes_on(environment, tiny
                            "the run goes on without it")
     assert len(calls) == 1  # dropped at its first failure
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
-    assert set(json.loads((folder / tracking.TRACKING_FILE).read_text())["trackers"]) == {"tensorboard", "wandb"}
+    assert set(json.loads((folder / TRACKING_FILE).read_text())["trackers"]) == {"tensorboard", "wandb"}
     (run_file,) = wandb_files(folder)
     history = [r["history"]["item"]["_step"] for r in wandb_records(run_file) if r["type"] == "history"]
     assert history == [1, 2, 3, 4]
@@ -279,7 +280,7 @@ def test_a_restart_after_a_kill_skips_the_steps_the_trackers_were_given(environm
     metrics.jsonl (before the rewind) the last step the trackers were given."""
     folder = tmp_path / "run"
     folder.mkdir()
-    (folder / tracking.TRACKING_FILE).write_text(json.dumps({"trackers": {"tensorboard": {"logdir": "tensorboard"}}, "last_step": 2}))
+    (folder / TRACKING_FILE).write_text(json.dumps({"trackers": {"tensorboard": {"logdir": "tensorboard"}}, "last_step": 2}))
     (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": step}) + "\n" for step in range(1, 6)) + '{"step": 6, "lo')
     settings = TrackConfig(to=["tensorboard"])
     continued = tracking.start(settings, {}, folder, continuing=True)
@@ -287,7 +288,7 @@ def test_a_restart_after_a_kill_skips_the_steps_the_trackers_were_given(environm
     continued.log({"step": 5, "forget_loss": 1.0})  # redone after the restart: not given again
     continued.log({"step": 6, "forget_loss": 2.0})
     continued.finish()
-    assert json.loads((folder / tracking.TRACKING_FILE).read_text())["last_step"] == 6
+    assert json.loads((folder / TRACKING_FILE).read_text())["last_step"] == 6
 
     from tensorboard.backend.event_processing import event_accumulator
 

@@ -43,6 +43,7 @@ from peel.unlearning.engine import load, publish_results
 from peel.errors import PeelError, Preempted, RunFailed, first_line
 from peel.models import DTYPES, load_model, load_tokenizer, model_location, save_model
 from peel.anatomy import Anatomy, final_hidden_states, find_anatomy, logits
+from peel.runs.folder import CONFIG_FILE, METRICS_FILE, MODEL_FOLDER, PARTIAL_SUFFIX, RUN_FILE
 
 
 @dataclass
@@ -97,10 +98,10 @@ def check_run(run: str | None) -> Path:
     if run is None:
         raise PeelError(f"distill.run is not set; accepted: {accepted}")
     folder = Path(run).expanduser()
-    if not (folder / "config.yaml").is_file():
+    if not (folder / CONFIG_FILE).is_file():
         raise PeelError(f"RUN {run!r} is not a run folder (no config.yaml); accepted: {accepted}")
     status = run_folder.read_run_record(folder).get("status")
-    if status != "completed" or not (folder / "model" / "config.json").is_file():
+    if status != "completed" or not (folder / MODEL_FOLDER / "config.json").is_file():
         raise PeelError(f"RUN {run!r} holds no completed run (run.json status {status!r}); accepted: {accepted}")
     return folder
 
@@ -109,7 +110,7 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     """Every check that needs no weights: RUN, the output folder, the trackers, the engine, the text,
     the batch shape. Writes nothing."""
     settings = config.distill
-    teacher = check_run(settings.run) / "model"
+    teacher = check_run(settings.run) / MODEL_FOLDER
     output_dir = run_folder.check_writable(config.output_dir, "output_dir")
     if output_dir.resolve() == teacher.parent.resolve():
         raise PeelError(f"output_dir {config.output_dir!r} is RUN itself; accepted: another folder (the default is RUN/distill)")
@@ -213,7 +214,7 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 if distributed.is_main():
-                    run_folder.append_jsonl(output_dir / "metrics.jsonl", record)
+                    run_folder.append_jsonl(output_dir / METRICS_FILE, record)
                     tracker.log(record)
                 bar.update(1)
                 bar.set_postfix(kl=f"{loss:.4f}")
@@ -227,22 +228,22 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
 
         # ---- finish
         if distributed.is_main():
-            save_model(student.model, prepared.tokenizer, output_dir / "model.partial")
+            save_model(student.model, prepared.tokenizer, output_dir / (MODEL_FOLDER + PARTIAL_SUFFIX))
             if config.eval.tasks:
                 from peel.evaluation import evaluate_with
                 from peel.runs.evaluations import write_evaluation
 
                 results = evaluate_with(student.model, prepared.tokenizer, config.eval)
-                write_evaluation(output_dir, str(output_dir / "model"), results, original_baseline(config, prepared.tokenizer, device))
+                write_evaluation(output_dir, str(output_dir / MODEL_FOLDER), results, original_baseline(config, prepared.tokenizer, device))
             publish_results(output_dir, "full")
             record = run_folder.run_record("completed", started, device, total_steps=settings.steps, teacher=str(prepared.teacher),
                                            alpha=settings.alpha, parallel=engine)
-            run_folder.write_json(output_dir / "run.json", record)
+            run_folder.write_json(output_dir / RUN_FILE, record)
             checkpoint.remove(output_dir)  # model/ holds the result now
         distributed.barrier()
     except Preempted:
         if distributed.is_main():
-            run_folder.write_json(output_dir / "run.json", run_folder.run_record("preempted", started, device, step=bar.n))
+            run_folder.write_json(output_dir / RUN_FILE, run_folder.run_record("preempted", started, device, step=bar.n))
         raise
     except BaseException as error:
         log = run_folder.mark_failed(output_dir, error, started, device) if distributed.is_main() else None

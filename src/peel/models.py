@@ -50,7 +50,7 @@ def check_local_model(path: str) -> None:
         raise PeelError(f"model {path!r} is a file, not a model folder; accepted: the folder that holds config.json "
                         f"and the weights (here perhaps {str(local.parent)!r}), a {GGUF_SUFFIX} file, or a hub id")
     if local.is_dir() and not (local / "config.json").is_file():
-        inner = local / "model"
+        inner = local / "model"  # a run folder's model/ (runs/folder.py's MODEL_FOLDER; that layer sits above this one)
         hint = f" (a run folder keeps its model in {str(inner)!r})" if (inner / "config.json").is_file() else ""
         raise PeelError(f"model folder {path!r} has no config.json{hint}; accepted: a folder that "
                         "save_pretrained wrote (config.json, safetensors weights, tokenizer files), or a hub id")

@@ -25,6 +25,7 @@ from peel.runs import folder as run_folder, resume, tracking
 from peel.config import Config, load_config, save_config
 from peel.errors import PeelError, RunFailed
 from peel.runs.jobs import check_unique, parse_grid, points, run_name, slurm_job_ended_badly
+from peel.runs.folder import CONFIG_FILE, METRICS_FILE, RUN_FILE
 
 STATES = ("pending", "running", "preempted", "completed", "failed")
 # States in which a submitted job still owns its run (a preempted job is requeued by Slurm).
@@ -93,8 +94,8 @@ def write(runs: list[Run]) -> None:
     run_folder.write_json(sweep_dir / run_folder.SWEEP_FILE, {"runs": [{"name": run.name, "overrides": run.overrides} for run in runs]})
     for run in runs:
         run.folder.mkdir(exist_ok=True)
-        if not (run.folder / "config.yaml").exists():
-            save_config(run.config, run.folder / "config.yaml")
+        if not (run.folder / CONFIG_FILE).exists():
+            save_config(run.config, run.folder / CONFIG_FILE)
 
 
 def run_state(folder: Path) -> str:
@@ -118,7 +119,7 @@ def status(sweep_dir: Path) -> list[dict]:
         raise PeelError(f"{index} has no list of runs; accepted: sweep.json as peel sweep writes it")
     for entry in entries["runs"]:
         folder = sweep_dir / entry["name"]
-        metrics = folder / "metrics.jsonl"
+        metrics = folder / METRICS_FILE
         rows.append({
             "run": entry["name"],
             "state": run_state(folder),
@@ -152,7 +153,7 @@ def run_locally(runs: list[Run]) -> int:
 def mark_failed(folder: Path, error: str) -> None:
     record = run_folder.read_run_record(folder)
     if record.get("status") != "completed":
-        run_folder.write_json(folder / "run.json", {**record, "status": "failed", "error": error})
+        run_folder.write_json(folder / RUN_FILE, {**record, "status": "failed", "error": error})
 
 
 def submit(runs: list[Run], executor, nproc_per_node: int) -> list:
@@ -160,8 +161,8 @@ def submit(runs: list[Run], executor, nproc_per_node: int) -> list:
     jobs = []
     for run in runs:
         executor.update_parameters(name=f"peel-{run.name}")
-        job = executor.submit(TorchrunJob(str(run.folder / "config.yaml"), nproc_per_node, str(Path.cwd())))
-        run_folder.write_json(run.folder / "run.json", {"status": "pending", "job_id": str(job.job_id)})
+        job = executor.submit(TorchrunJob(str(run.folder / CONFIG_FILE), nproc_per_node, str(Path.cwd())))
+        run_folder.write_json(run.folder / RUN_FILE, {"status": "pending", "job_id": str(job.job_id)})
         print(f"{run.name}: submitted as job {job.job_id}")
         jobs.append(job)
     return jobs

@@ -17,11 +17,9 @@ from pathlib import Path
 from peel.attacks import results
 from peel.attacks.baseline import find_baseline
 from peel.attacks.plan import TargetPlan
-from peel.attacks.results import ATTACKS_FOLDER
 from peel.errors import PeelError
-from peel.runs.folder import read_json, write_json
+from peel.runs.folder import ATTACKS_FOLDER, GRID_FILE, read_json, write_json
 
-GRID_FILE = "grid.json"
 
 
 def attack_file(folder: Path, name: str) -> Path:

@@ -18,10 +18,10 @@ import yaml
 from peel.runs import jobs
 from peel.attacks import kinds
 from peel.attacks.baseline import baseline_source
-from peel.attacks.results import ATTACKS_FOLDER
 from peel.config import GRID_WIDE_KEYS, Config, TamperConfig, flatten, to_dict
 from peel.errors import PeelError
 from peel.runs.targets import Target, label, output_folders, resolve_targets
+from peel.runs.folder import ATTACKS_FOLDER
 
 __all__ = ["Attack", "TargetPlan", "label", "plan_attacks"]
 

@@ -23,10 +23,8 @@ from pathlib import Path
 
 from peel.attacks.kinds import DEFAULT_KIND, untouched_at_zero
 from peel.errors import PeelError
-from peel.runs.folder import read_json, write_json
+from peel.runs.folder import TAMPER_FILE, read_json, write_json
 
-TAMPER_FILE = "tamper.json"
-ATTACKS_FOLDER = "attacks"  # beside tamper.json: one file per finished attack (folder.py)
 # Shares of the lost accuracy (baseline - step 0) whose recovery is reported, in percent.
 RECOVERY_SHARES = (50, 90)
 # Comparisons of accuracies computed different ways (a difference of sums) must not hinge on rounding.

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peel.errors import PeelError
+from peel.runs.folder import MODEL_FOLDER, SUMMARY_FILE, TAMPER_PLOT
 
 HELP = "Evaluate, unlearn, re-evaluate and attack a built-in scenario's models; write a summary."
 DESCRIPTION = """\
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: {format_row(summary_row(evaluations[name], tasks))}", flush=True)
 
     run_folder = unlearn(config)
-    unlearned_path = str(run_folder / "model")
+    unlearned_path = str(run_folder / MODEL_FOLDER)
     evaluations["unlearned"] = evaluate_model(unlearned_path, tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit)
     print(f"unlearned: {format_row(summary_row(evaluations['unlearned'], tasks))}", flush=True)
     models = {name: summary_row(results, tasks) for name, results in evaluations.items()}
@@ -133,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
 
     summary = {"models": models, "probe": probe_summary(probes, tasks), **attack_summary(documents, tasks),
                "wall_seconds": round(time.time() - started, 1)}
-    (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     (output / "summary.md").write_text(markdown(summary, probes))
-    plot_tamper(documents, output / "tamper.png")
+    plot_tamper(documents, output / TAMPER_PLOT)
     print((output / "summary.md").read_text())
     print(f"demo finished in {summary['wall_seconds']:.0f}s: {output}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from peel.runs.folder import CONFIG_FILE
 
 HELP = "Distill an unlearned model into a mix of itself and a fresh initialisation (unlearn, then distill)."
 DESCRIPTION = """\
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     # RUN's config (its model, data, eval and tamper settings), then the command line's keys.
     placed = [f"output_dir={args.output_dir}"] if args.output_dir else []
     overrides = [f"output_dir={folder / 'distill'}", *args.overrides, *placed, f"distill.run={Path(folder).resolve()}"]
-    config = load_config(folder / "config.yaml", overrides, relative_to_file=False)  # a run record, not a config file
+    config = load_config(folder / CONFIG_FILE, overrides, relative_to_file=False)  # a run record, not a config file
     output_dir = distill(config, force=args.force, dry_run=args.dry_run)
     if distributed.is_main() and not args.dry_run:
         print(f"run folder: {output_dir}")

@@ -6,6 +6,7 @@ import argparse
 
 from peel.commands.arguments import TargetsAndOverrides
 from peel.errors import PeelError
+from peel.runs.folder import PROBE_FILE
 
 HELP = "Linear probes and the logit lens at every layer: is the knowledge still in the hidden states?"
 DESCRIPTION = """\
@@ -68,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise PeelError("peel probe of several targets needs --output-dir (one probe.json holds them all)")
 
-    from peel.probing.record import PROBE_FILE
     from peel.probing.runner import probe_targets
 
     originals = [depth_original(target, name, args.baseline, overrides) for target, name in zip(targets, args.targets)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from peel.errors import PeelError
+from peel.runs.folder import CONFIG_FILE, PROBE_FILE
 
 HELP = "Render markdown tables and plots from run folders (no model loading)."
 DESCRIPTION = """\
@@ -60,7 +61,6 @@ def sort_folders(paths: list[str]) -> tuple[list[Path], list[Path]]:
     its runs; a file or another folder is skipped with a note. Nothing to report is an error."""
     from pathlib import Path
 
-    from peel.probing.record import PROBE_FILE
     from peel.runs.folder import SWEEP_FILE, read_json
 
     runs, probes, skipped = [], [], []
@@ -68,7 +68,7 @@ def sort_folders(paths: list[str]) -> tuple[list[Path], list[Path]]:
         path = Path(text)
         if not path.exists():
             raise PeelError(f"{text!r} does not exist; accepted: run folders, sweep folders, folders peel probe wrote")
-        if (path / "config.yaml").is_file():
+        if (path / CONFIG_FILE).is_file():
             runs.append(path)
         elif (path / SWEEP_FILE).is_file():
             index = read_json(path / SWEEP_FILE, "sweep.json as peel sweep writes it")
@@ -76,12 +76,12 @@ def sort_folders(paths: list[str]) -> tuple[list[Path], list[Path]]:
             if not isinstance(entries, list):
                 raise PeelError(f"{path / SWEEP_FILE} has no list of runs; accepted: sweep.json as peel sweep writes it")
             found = [path / entry["name"] for entry in entries
-                     if isinstance(entry, dict) and isinstance(entry.get("name"), str) and (path / entry["name"] / "config.yaml").is_file()]
+                     if isinstance(entry, dict) and isinstance(entry.get("name"), str) and (path / entry["name"] / CONFIG_FILE).is_file()]
             print(f"peel report: {text}: a sweep folder, reading its {len(found)} run(s)")
             runs += found
         if (path / PROBE_FILE).is_file():
             probes.append(path)
-        elif not (path / "config.yaml").is_file() and not (path / SWEEP_FILE).is_file():
+        elif not (path / CONFIG_FILE).is_file() and not (path / SWEEP_FILE).is_file():
             skipped.append(text)
             print(f"peel report: skipping {text}: it is {what_it_is(path)}")
     if not runs and not probes:

@@ -46,6 +46,7 @@ Writes into the run folder or --output-dir (with several targets, --output-dir/<
 
 The baseline (0-shot accuracy of the original model) is --baseline MODEL (evaluated once, then
 from the eval cache), else a run folder's eval.json baseline or the cached evaluation of the
+from peel.runs.folder import TAMPER_FILE
 model it unlearned. All targets use the settings of the first run folder among them (or the
 defaults) with the key=value overrides; an override of a key the grid sets is refused.
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if not targets:
         raise PeelError("give at least one TARGET (a run folder, a model folder, a hub id or testbed:NAME)")
     slurm = slurm_parameters(args.slurm) if args.slurm else None  # a bad --slurm word is found first
-    read_only = [other for other in args.compare if Path(other).is_dir() and (Path(other) / "tamper.json").is_file()]
+    read_only = [other for other in args.compare if Path(other).is_dir() and (Path(other) / TAMPER_FILE).is_file()]
     plans = plan_attacks(targets, overrides, args.grid, args.output_dir, args.baseline,
                          compared=[other for other in args.compare if other not in read_only])
     compared = {label(other): read_tamper(other) for other in read_only}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from peel.config import help_lines
+from peel.config import Config, help_lines
 
 HELP = "Run sequential back-to-front unlearning from a YAML config."
 DESCRIPTION = (
@@ -18,7 +18,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = DESCRIPTION + "\n".join(help_lines())
+    parser.description = DESCRIPTION + "\n".join(help_lines(Config()))
     parser.add_argument("config", help="YAML config file (see configs/).")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted config overrides.")
     parser.add_argument(

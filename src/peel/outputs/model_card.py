@@ -17,9 +17,8 @@ import yaml
 
 from peel.attacks.results import read_tamper, with_baseline
 from peel.runs.evaluations import read_evaluation
-from peel.runs.folder import read_json
+from peel.runs.folder import CARD_FILE, CONFIG_FILE, RUN_FILE, read_json
 
-CARD_FILE = "README.md"
 # Folder of a run -> the library that loads it and how (BASE: the base model).
 KINDS = {
     "adapter": ("peft", 'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("BASE"), "adapter")'),
@@ -163,10 +162,10 @@ def write_model_cards(run: str | Path, suffix: str = "") -> list[Path]:
     they move into place), from what the run folder holds now; the folders it writes."""
     run = Path(run)
     folders = [(kind, run / f"{kind}{suffix}") for kind in KINDS if (run / f"{kind}{suffix}").is_dir()]
-    if not folders or not (run / "config.yaml").is_file():
+    if not folders or not (run / CONFIG_FILE).is_file():
         return []
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    record = read_json(run / "run.json", "run.json as peel unlearn writes it") if (run / "run.json").is_file() else {}
+    config = yaml.safe_load((run / CONFIG_FILE).read_text()) or {}
+    record = read_json(run / RUN_FILE, "run.json as peel unlearn writes it") if (run / RUN_FILE).is_file() else {}
     evaluation = read_evaluation(run)
     tamper = read_tamper(run)
     if tamper is not None and evaluation and evaluation.get("baseline"):

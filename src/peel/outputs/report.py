@@ -20,7 +20,7 @@ from peel.config import flatten
 from peel.errors import PeelError, reading
 from peel.runs.evaluations import read_evaluation
 from peel.plots import CHANCE
-from peel.runs.folder import read_run_record
+from peel.runs.folder import CONFIG_FILE, METRICS_FILE, TAMPER_PLOT, read_run_record
 from peel.attacks.results import lost, read_tamper, with_baseline
 
 # Settings a sweep varies inside one table; each becomes a column when it varies (or always, below).
@@ -69,14 +69,14 @@ class Run:
 
 def read_run(folder: str | Path) -> Run:
     folder = Path(folder)
-    config_path = folder / "config.yaml"
+    config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise PeelError(f"{str(folder)!r} is not a run folder: it has no config.yaml")
     with reading(str(config_path), "config.yaml as peel writes it"):
         config = yaml.safe_load(config_path.read_text())
     if not isinstance(config, dict):
         raise PeelError(f"{config_path} must hold a mapping of config sections")
-    lines = read_lines(folder / "metrics.jsonl")
+    lines = read_lines(folder / METRICS_FILE)
     record = read_run_record(folder)
     evaluation = read_evaluation(folder)
     tamper = read_tamper(folder)
@@ -407,7 +407,7 @@ def draw_plots(runs: list[Run], folder: Path, relative_to: Path, probes: dict[st
             link(run.name, plot_phase_accuracy(rows, folder / f"{run.name}_phase_accuracy.png", baseline))
     documents = {run.name: run.tamper for run in runs if run.tamper}
     if documents:
-        link("tamper", plot_tamper(documents, folder / "tamper.png"))
+        link("tamper", plot_tamper(documents, folder / TAMPER_PLOT))
     for name, document in (probes or {}).items():
         link(f"probe:{name}", plot_probe(document, folder / f"{name}_probe.png"))
     return links

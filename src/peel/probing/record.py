@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from peel.errors import PeelError
-from peel.runs.folder import read_json, write_json
+from peel.runs.folder import PROBE_FILE, read_json, write_json
 
-PROBE_FILE = "probe.json"
 ACCEPTED = "probe.json as peel probe writes it (targets with probe and logit_lens rows, chance)"
 
 

@@ -14,6 +14,7 @@ from peel.probing.lens import lens_accuracy
 from peel.probing.linear import PROBES, answers_seen, chance, probe_accuracy, probe_kind, question_split
 from peel.probing.record import write_probe
 from peel.probing.tasks import ProbeTask, load_tasks
+from peel.runs.folder import PROBE_PLOT
 
 
 def probe_model(model, tokenizer, tasks: list[ProbeTask], layers: list[int], pooling: str, cloze: str,
@@ -108,5 +109,5 @@ def probe_targets(targets: list, names: list[str], folder: str | Path, labels: l
         del model, tokenizer, original_model  # one target (and its original) in memory at a time
     folder = Path(folder)
     write_probe(folder, document)
-    plot_probe(document, folder / "probe.png")
+    plot_probe(document, folder / PROBE_PLOT)
     return document

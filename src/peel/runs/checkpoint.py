@@ -32,8 +32,8 @@ from safetensors.torch import save_file
 from peel import distributed
 from peel.errors import PeelError, reading
 from peel.parallel import full_tensor, shard_like
+from peel.runs.folder import CHECKPOINT_FILE, METRICS_FILE
 
-FILE_NAME = "checkpoint.safetensors"
 
 
 class Position(NamedTuple):
@@ -60,7 +60,7 @@ def save(output_dir: Path, weights, position: Position, optimizer=None, schedule
     random_states = distributed.gather_objects(random_state())
     if not distributed.is_main():
         return
-    metrics = output_dir / "metrics.jsonl"
+    metrics = output_dir / METRICS_FILE
     record = {
         "position": position._asdict(),
         "parameters": parameters,
@@ -69,11 +69,11 @@ def save(output_dir: Path, weights, position: Position, optimizer=None, schedule
         "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
     }
     tensors, metadata = flatten_record(record)
-    temporary = output_dir / (FILE_NAME + ".tmp")
+    temporary = output_dir / (CHECKPOINT_FILE + ".tmp")
     save_file(tensors, temporary, metadata={"peel": json.dumps(metadata)})
     with temporary.open("rb") as handle:
         os.fsync(handle.fileno())  # on disk before it replaces the last good checkpoint
-    os.replace(temporary, output_dir / FILE_NAME)
+    os.replace(temporary, output_dir / CHECKPOINT_FILE)
 
 
 def flatten_record(record: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -135,7 +135,7 @@ def whole(tensor: torch.Tensor) -> torch.Tensor | None:
 
 
 def load(output_dir: Path) -> dict | None:
-    path = output_dir / FILE_NAME
+    path = output_dir / CHECKPOINT_FILE
     if not path.exists():
         return None
     accepted = "a checkpoint written by peel (delete it, or pass --force, to start the run over)"
@@ -147,8 +147,8 @@ def load(output_dir: Path) -> dict | None:
 
 
 def remove(output_dir: Path) -> None:
-    (output_dir / FILE_NAME).unlink(missing_ok=True)
-    (output_dir / (FILE_NAME + ".tmp")).unlink(missing_ok=True)
+    (output_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    (output_dir / (CHECKPOINT_FILE + ".tmp")).unlink(missing_ok=True)
 
 
 def restore(saved: dict | None, weights, layers: list[int]) -> Position:

@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from peel.errors import PeelError
-from peel.runs.folder import read_json, write_json
+from peel.runs.folder import EVAL_FILE, read_json, write_json
 
-EVAL_FILE = "eval.json"
 
 
 def write_evaluation(folder: str | Path, model: str, results: dict, baseline: dict | None = None) -> Path:

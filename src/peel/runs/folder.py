@@ -1,8 +1,8 @@
 """The run folder: the contract between a run and everything that reads it later.
 
-config.yaml (resolved), metrics.jsonl (one object per optimizer step), run.json (status,
-timings, versions), model/ (and adapter/ for LoRA). Files that readers rely on are written
-whole: to a temporary name first, then renamed.
+Its layout is named here once (every file and folder a command writes into a run folder), and
+every reader and writer takes the names from here. Files that readers rely on are written whole:
+to a temporary name first, then renamed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,33 @@ from pathlib import Path
 from peel.errors import PeelError, RunFailed, first_line, reading
 
 PACKAGES = ("peel", "torch", "transformers", "peft", "datasets", "lm_eval")
+
+# The layout. What peel unlearn and peel distill write:
+CONFIG_FILE = "config.yaml"  # the resolved config, every local path absolute
+RUN_FILE = "run.json"  # status (running, completed, failed, preempted, pending), timings, versions, job id
+METRICS_FILE = "metrics.jsonl"  # one object per optimizer step
+ERROR_LOG = "error.log"  # the traceback of a failure that was not a known one
+CHECKPOINT_FILE = "checkpoint.safetensors"  # the state to resume from; removed once model/ is in place
+MODEL_FOLDER = "model"  # the result, in save_pretrained layout (LoRA merged), with a model card
+ADAPTER_FOLDER = "adapter"  # LoRA runs: the adapter alone, as peft saves it
+PARTIAL_SUFFIX = ".partial"  # model.partial/, adapter.partial/: written whole before they move into place
+CARD_FILE = "README.md"  # the model card inside model/ and adapter/
+DISTILL_FOLDER = "distill"  # peel distill RUN's default output folder, inside RUN
+TRACKING_FILE = "tracking.json"  # the trackers' run ids, so a resumed run continues the same tracked runs
+TENSORBOARD_FOLDER = "tensorboard"
+# What peel eval, peel tamper and peel probe add:
+EVAL_FILE = "eval.json"
+TAMPER_FILE = "tamper.json"  # every attack's curve and the worst case over them
+TAMPER_PLOT = "tamper.png"
+ATTACKS_FOLDER = "attacks"  # beside tamper.json: the plan (grid.json) and one file per finished attack
+GRID_FILE = "grid.json"  # in attacks/
+PROBE_FILE = "probe.json"
+PROBE_PLOT = "probe.png"
+# Beside run folders:
 SWEEP_FILE = "sweep.json"  # in a sweep folder: the runs (folders beside it) and their swept values
+SUMMARY_FILE = "summary.json"  # peel demo's summary, beside its run folders
+# What a run's result is: stale once the run starts over (resume.rewind removes it).
+RESULTS = (MODEL_FOLDER, ADAPTER_FOLDER, EVAL_FILE, TAMPER_FILE, TAMPER_PLOT, ATTACKS_FOLDER, PROBE_FILE, PROBE_PLOT)
 
 
 def read_json(path: Path, accepted: str):
@@ -37,7 +63,7 @@ def read_json(path: Path, accepted: str):
 
 def read_run_record(folder: Path) -> dict:
     """run.json of a run folder ({} when there is none yet)."""
-    path = Path(folder) / "run.json"
+    path = Path(folder) / RUN_FILE
     if not path.exists():
         return {}
     record = read_json(path, "run.json as peel writes it (an object with a status)")
@@ -150,11 +176,11 @@ def mark_failed(folder: Path, error: BaseException, started: float, device) -> P
     try:
         remove_partial(folder)
         if not isinstance(error, (PeelError, RunFailed, KeyboardInterrupt)):
-            log = folder / "error.log"
+            log = folder / ERROR_LOG
             log.write_text("".join(traceback.format_exception(error)))
             reason = f"{type(error).__name__}: {reason}"
         extra = {"error": reason} if log is None else {"error": reason, "error_log": str(log)}
-        write_json(folder / "run.json", run_record("failed", started, device, **extra))
+        write_json(folder / RUN_FILE, run_record("failed", started, device, **extra))
     except OSError:
         return None  # the folder went away or the disk is full: nothing more can be recorded there
     return log

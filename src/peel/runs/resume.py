@@ -20,9 +20,7 @@ from peel.runs import checkpoint, folder as run_folder, tracking
 from peel import distributed
 from peel.config import Config, flatten, load_config, save_config, to_dict
 from peel.errors import PeelError
-from peel.runs.evaluations import EVAL_FILE
-from peel.attacks.results import ATTACKS_FOLDER, TAMPER_FILE
-from peel.probing.record import PROBE_FILE
+from peel.runs.folder import CONFIG_FILE, METRICS_FILE, RUN_FILE
 
 # What `folder_state` finds.
 NEW, RESUME, COMPLETED = "new", "resume", "completed"
@@ -31,7 +29,7 @@ NEW, RESUME, COMPLETED = "new", "resume", "completed"
 def folder_state(output_dir: Path, config: Config, force: bool, uncompared: tuple[str, ...] = ()) -> str:
     """NEW, RESUME or COMPLETED; a folder holding a run of another config is refused. Keys under
     `uncompared` (e.g. a section the run does not read) may differ."""
-    config_file = output_dir / "config.yaml"
+    config_file = output_dir / CONFIG_FILE
     if force or not config_file.exists():
         return NEW
     differences = config_differences(load_config(config_file, relative_to_file=False), config, uncompared)
@@ -57,21 +55,19 @@ def config_differences(saved: Config, given: Config, uncompared: tuple[str, ...]
     return [f"{key}: {before.get(key)!r} in the folder, {after.get(key)!r} now" for key in keys]
 
 
-# What a finished run leaves, and what evaluating, attacking and probing its model add: stale once the run starts over.
-RESULTS = ("model", "adapter", EVAL_FILE, TAMPER_FILE, "tamper.png", ATTACKS_FOLDER, PROBE_FILE, "probe.png")
 
 
 def rewind(output_dir: Path, saved: dict | None) -> None:
     """Drop what the folder holds past `saved` (everything when there is no checkpoint to continue from)."""
     if saved is None:
         checkpoint.remove(output_dir)
-        for name in RESULTS:
+        for name in run_folder.RESULTS:
             path = output_dir / name
             if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-    metrics = output_dir / "metrics.jsonl"
+    metrics = output_dir / METRICS_FILE
     if metrics.exists():
         keep = saved["metrics_bytes"] if saved else 0
         os.truncate(metrics, min(keep, metrics.stat().st_size))
@@ -86,9 +82,9 @@ def open_run(output_dir: Path, config: Config, saved: dict | None, resuming: boo
     distributed.barrier()  # every process has read the folder before the main process changes it
     if distributed.is_main():
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
+        save_config(config, output_dir / CONFIG_FILE)
         # Before the rewind: metrics.jsonl still says which steps the trackers were given.
         tracker = tracking.start(config.track, to_dict(config), output_dir, resuming)
         rewind(output_dir, saved)
-        run_folder.write_json(output_dir / "run.json", run_folder.run_record("running", started, device, parallel=engine))
+        run_folder.write_json(output_dir / RUN_FILE, run_folder.run_record("running", started, device, parallel=engine))
     return tracker

@@ -11,6 +11,7 @@ from pathlib import Path
 from peel.config import Config, load_config
 from peel.errors import PeelError
 from peel.models import model_location
+from peel.runs.folder import CONFIG_FILE, MODEL_FOLDER
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,11 @@ class Target:
 def resolve_target(target: str, overrides: list[str]) -> Target:
     """A run folder brings its own config (so its eval and tamper settings apply); others use defaults."""
     path = Path(target)
-    if (path / "config.yaml").is_file():
-        model_folder = path / "model"
+    if (path / CONFIG_FILE).is_file():
+        model_folder = path / MODEL_FOLDER
         if not (model_folder / "config.json").is_file():
             raise PeelError(f"run folder {target!r} has no model/ (the run did not finish; see its run.json)")
-        return Target(str(model_folder), path, load_config(path / "config.yaml", overrides, relative_to_file=False))
+        return Target(str(model_folder), path, load_config(path / CONFIG_FILE, overrides, relative_to_file=False))
     config = load_config(None, overrides)
     if config.model.gguf_file is not None:  # TARGET is the folder holding the GGUF file
         return Target(model_location(target, config.model.gguf_file), None, config)

@@ -35,9 +35,8 @@ from peel.runs import folder as run_folder
 from peel.config import TrackConfig, flatten
 from peel.errors import PeelError, first_line
 from peel.runs.evaluations import read_evaluation
+from peel.runs.folder import METRICS_FILE, TENSORBOARD_FOLDER, TRACKING_FILE
 
-TRACKING_FILE = "tracking.json"
-TENSORBOARD_FOLDER = "tensorboard"
 
 
 class WandbTracker:
@@ -234,7 +233,7 @@ def start(settings: TrackConfig, config: dict, folder: Path, continuing: bool) -
     try:
         state = read_state(folder) if continuing else {}
         saved = state.get("trackers", {})
-        logged_through = max(state.get("last_step", 0), last_step(folder / "metrics.jsonl")) if continuing else 0
+        logged_through = max(state.get("last_step", 0), last_step(folder / METRICS_FILE)) if continuing else 0
         resolved = dataclasses.replace(
             settings, name=settings.name or folder.name, group=settings.group or run_folder.sweep_of(folder)
         )

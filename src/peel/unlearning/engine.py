@@ -42,6 +42,7 @@ from peel.unlearning.planning import Plan, prepare
 from peel.unlearning.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set
 from peel.unlearning.update_rank import update_rank
 from peel.unlearning.weights import WEIGHTS
+from peel.runs.folder import ADAPTER_FOLDER, METRICS_FILE, MODEL_FOLDER, PARTIAL_SUFFIX, RUN_FILE
 
 
 @dataclass
@@ -131,11 +132,11 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
                 from peel.runs.evaluations import write_evaluation
 
                 results = evaluate_with(model, tokenizer, config.eval)
-                write_evaluation(output_dir, str(output_dir / "model"), results, baseline)
+                write_evaluation(output_dir, str(output_dir / MODEL_FOLDER), results, baseline)
             publish_results(output_dir, config.unlearn.adapter)
             record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers,
                                            update_rank=rank, parallel=engine)
-            run_folder.write_json(output_dir / "run.json", record)
+            run_folder.write_json(output_dir / RUN_FILE, record)
             checkpoint.remove(output_dir)  # model/ holds the result now
             from peel.outputs.model_card import write_model_cards
 
@@ -143,7 +144,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         distributed.barrier()
     except Preempted:
         if distributed.is_main():
-            run_folder.write_json(output_dir / "run.json", run_folder.run_record("preempted", started, device, step=bar.n))
+            run_folder.write_json(output_dir / RUN_FILE, run_folder.run_record("preempted", started, device, step=bar.n))
         raise
     except BaseException as error:
         log = run_folder.mark_failed(output_dir, error, started, device) if distributed.is_main() else None
@@ -232,7 +233,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
         if config.eval.every_phase and step_in_phase == plan.steps_per_phase - 1:
             record.update(evaluate_model(weights.model, session.tokenizer, config.eval))
         if distributed.is_main():
-            run_folder.append_jsonl(session.output_dir / "metrics.jsonl", record)
+            run_folder.append_jsonl(session.output_dir / METRICS_FILE, record)
             session.tracker.log(record)
         bar.update(1)
         bar.set_description(f"phase {phase + 1}/{len(plan.layers)} (layer {layer})")
@@ -303,19 +304,19 @@ def save_results(weights, parallelism, tokenizer, output_dir: Path, config: Conf
         weights.model.load_state_dict(state_dict)
         state_dict = None
     if adapter == "lora":
-        weights.save_adapter(output_dir / "adapter.partial")
+        weights.save_adapter(output_dir / (ADAPTER_FOLDER + PARTIAL_SUFFIX))
     model = weights.merged_model()
-    save_model(model, tokenizer, output_dir / "model.partial", state_dict)
+    save_model(model, tokenizer, output_dir / (MODEL_FOLDER + PARTIAL_SUFFIX), state_dict)
     if state_dict is not None:
         # The trained model is spread over all processes; the main process evaluates a whole copy.
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(output_dir / "model.partial", dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(output_dir / (MODEL_FOLDER + PARTIAL_SUFFIX), dtype="auto")
     return model.to(device)
 
 
 def publish_results(output_dir: Path, adapter: str) -> None:
     """Move the finished model (and adapter) into place: a run folder has a model/ only once it completed."""
     if adapter == "lora":
-        run_folder.replace_folder(output_dir / "adapter.partial", output_dir / "adapter")
-    run_folder.replace_folder(output_dir / "model.partial", output_dir / "model")
+        run_folder.replace_folder(output_dir / (ADAPTER_FOLDER + PARTIAL_SUFFIX), output_dir / ADAPTER_FOLDER)
+    run_folder.replace_folder(output_dir / (MODEL_FOLDER + PARTIAL_SUFFIX), output_dir / MODEL_FOLDER)

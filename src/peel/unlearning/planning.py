@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from peel import distributed
 from peel.runs import folder as run_folder, resume, tracking
 from peel.unlearning.adversaries import refuse_sharding
+from peel.attacks.plan import grid_attacks
 from peel.config import Config
 from peel.data import load_retain_texts, load_texts, tokenize
 from peel.errors import PeelError
@@ -111,6 +112,7 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     tasks. Writes nothing."""
     output_dir = run_folder.check_writable(config.output_dir, "output_dir")
     tracking.check(config.track.to)
+    grid_attacks(config, [])  # the attacks peel tamper RUN will run: a bad grid point fails now, not after training
     model = config.model
     name = model_location(model.name_or_path, model.gguf_file)
     model_config = load_model_config(name, model.revision, model.trust_remote_code)
