@@ -38,7 +38,7 @@ from stepbench.variants import peel_variant, peel_weights  # noqa: E402
 from stepbench.workload import Settings, build_model, make_batch, tensor_bytes  # noqa: E402
 from step_bench import PRESETS  # noqa: E402
 
-from peel.unlearning.adversaries import ADVERSARIES, PhaseSetting  # noqa: E402
+from peel.unlearning.adversaries import ADVERSARIES  # noqa: E402
 from peel.unlearning.batches import Corpus  # noqa: E402
 from peel.config import UnlearnConfig  # noqa: E402
 
@@ -52,13 +52,7 @@ def variant_step(model, mode: str, name: str, settings: Settings, clock: Clock):
     lengths = forget.attention_mask.sum(dim=1).tolist()
     attack_text = Corpus([row[:length] for row, length in zip(forget.input_ids.tolist(), lengths)], 0, settings.device)
 
-    def adversary_for(weights, parallelism, parameters, unlearn):
-        return ADVERSARIES[name](PhaseSetting(
-            weights, parallelism, parameters, settings.layer, unlearn, settings.loss_chunk_tokens, settings.batch_size,
-            attack_text, settings.seed, 0, 1, settings.batch_size, settings.batch_size,
-        ))
-
-    return peel_variant(peel_weights(model, mode, settings), settings, settings.layer, clock, unlearn, adversary_for)
+    return peel_variant(peel_weights(model, mode, settings), settings, settings.layer, clock, unlearn, attack_text)
 
 
 def batches(settings: Settings):

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from peel.unlearning import engine
-from peel.unlearning.adversaries import ADVERSARIES, PhaseSetting
+from peel.unlearning.adversaries import ADVERSARIES
+from peel.unlearning.phase import Phase
 from peel.unlearning.batches import Corpus
 from peel.cli import main
 from peel.config import UnlearnConfig, load_config
@@ -90,7 +91,9 @@ def test_the_attack_copies_only_the_trained_parameters_and_restores_them_exactly
     settings_ = UnlearnConfig(adversary="finetune", adversary_steps=3, adversary_lr=1e-2, forget_loss="max_entropy_kl")
     from peel.parallel import Local
 
-    adversary = ADVERSARIES["finetune"](PhaseSetting(weights, Local(weights), parameters, 2, settings_, 0, 8, corpus, 0, 0, 4, 8, 4))
+    adversary = ADVERSARIES["finetune"](Phase(weights=weights, parallelism=Local(weights), parameters=parameters, layer=2, unlearn=settings_,
+                                                 examples_per_process=8, attack_text=corpus, steps=4, global_batch_size=8,
+                                                 per_device_batch_size=4))
     forget_batches = [corpus.batch(torch.arange(0, 4)), corpus.batch(torch.arange(4, 8))]
     before = {name: value.detach().clone() for name, value in model.state_dict().items()}
 
@@ -137,7 +140,8 @@ def test_the_latent_search_records_no_graph_through_the_layers_up_to_the_target(
     _, weights, parameters, corpus = phase_two(tiny_models, corpora, adapter, 4)
     batch = corpus.batch(torch.arange(0, 4))
     settings_ = UnlearnConfig(adversary="latent", latent_steps=2, latent_epsilon=0.5, forget_loss="max_entropy_kl")
-    adversary = ADVERSARIES["latent"](PhaseSetting(weights, Local(weights), parameters, 2, settings_, 0, 4))
+    adversary = ADVERSARIES["latent"](Phase(weights=weights, parallelism=Local(weights), parameters=parameters, layer=2, unlearn=settings_,
+                                               examples_per_process=4))
 
     graphed = {}  # layer -> whether its output carried a graph, during the search's passes
     hooks = [layer.register_forward_hook(lambda module, inputs, output, index=index: graphed.setdefault(index, []).append(

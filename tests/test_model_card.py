@@ -10,8 +10,7 @@ import pytest
 
 from peel.attacks.results import document, write_tamper
 from peel.cli import main
-from peel.config import load_config
-from peel.unlearning.engine import unlearn
+from peel.config import load_config, save_config
 from peel.runs.evaluations import write_evaluation
 from peel.outputs.model_card import card_text, hub_id, shown, write_model_cards
 from test_include_path import QUESTIONS, write_user_task
@@ -19,14 +18,16 @@ from test_include_path import QUESTIONS, write_user_task
 
 @pytest.fixture(scope="module")
 def run(tiny_models, corpora, tmp_path_factory) -> Path:
-    """A finished LoRA run on a tiny model (about a second)."""
+    """A finished LoRA run on a tiny model (about a second), through `peel unlearn`, which writes the cards."""
     folder = tmp_path_factory.mktemp("card") / "run"
-    unlearn(load_config(None, [
+    config_file = folder.parent / "config.yaml"
+    save_config(load_config(None, [
         f"model.name_or_path={tiny_models['gpt_neox']}", f"data.forget.path={corpora['forget']}",
         f"data.retain.path={corpora['retain']}", "data.num_examples=8", "data.max_length=16",
         "train.global_batch_size=4", "train.per_device_batch_size=4", "train.dtype=float32", "unlearn.layers=[3, 1]",
         "unlearn.remove_coef=30", f"output_dir={folder}", "notes=card test",
-    ]))
+    ]), config_file)
+    assert main(["unlearn", str(config_file)]) == 0
     return folder
 
 

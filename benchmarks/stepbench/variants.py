@@ -24,7 +24,9 @@ import torch
 from peel.unlearning import losses, recompute
 from peel import parallel
 from peel.config import LoraOptions, UnlearnConfig
+from peel.unlearning.adversaries import ADVERSARIES
 from peel.unlearning.gradients import compute_gradients, read
+from peel.unlearning.phase import Phase
 from peel.unlearning.losses import l2_distance
 from peel.anatomy import compile_layers, find_anatomy, hidden_states, layer_output, logits
 from peel.unlearning.objectives import Batch
@@ -86,23 +88,23 @@ class TimedLocal(parallel.Local):
 
 
 def peel_variant(weights, settings: Settings, layer: int, clock: Clock, unlearn: UnlearnConfig | None = None,
-                 adversary_for=None):
+                 attack_text=None):
     """The engine's own step: `gradients.compute_gradients`, then the update as `engine.run_phase`
-    does it, with the step's one read of its statistics. `adversary_for(weights, parallelism,
-    parameters, unlearn)` makes the step's adversary (adversary.py) as `engine.run_phase` does;
-    None = plain peel. Every step is then the first of an attack (step_in_phase 0)."""
+    does it, with the step's one read of its statistics. The step's adversary is `unlearn.adversary`
+    (adversaries.py), made from the phase as `engine.run_phase` makes it, reading `attack_text`;
+    every step is then the first of an attack (step_in_phase 0)."""
     parameters = weights.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr)
     parallelism = TimedLocal(weights, clock)
     unlearn = unlearn or UnlearnConfig(forget_loss=settings.forget_loss, retain_loss="l2", grad_filter="none", l2sp_coef=0.0)
-    retain_layers = settings.retain_layer_list(layer)
-    adversary = None if adversary_for is None else adversary_for(weights, parallelism, parameters, unlearn)
+    phase = Phase(weights=weights, parallelism=parallelism, parameters=parameters, layer=layer, unlearn=unlearn,
+                  examples_per_process=settings.batch_size, retain_layers=tuple(settings.retain_layer_list(layer)),
+                  chunk_tokens=settings.loss_chunk_tokens, seed=settings.seed, global_batch_size=settings.batch_size,
+                  per_device_batch_size=settings.batch_size, attack_text=attack_text)
+    adversary = ADVERSARIES[unlearn.adversary](phase)
 
     def step(forget: Batch, retain: Batch):
-        statistics = compute_gradients(
-            weights, parallelism, parameters, layer, [forget], [retain], unlearn, retain_layers,
-            settings.forget_coef, settings.retain_coef, settings.batch_size, settings.loss_chunk_tokens, adversary,
-        )
+        statistics = compute_gradients(phase, adversary, [forget], [retain], settings.forget_coef, settings.retain_coef)
         max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")
         statistics["grad_norm"] = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         values = read(statistics)

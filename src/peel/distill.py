@@ -15,9 +15,9 @@ only, and a share of its weights is noise: what the teacher hid, and the student
 has less left to come back from. With distill.with_forget it is also shown the teacher's unlearned
 outputs on the forget text, as UNDO distills on the whole pretraining mix.
 
-The run folder, its checkpoints, resuming after a signal and tracking are the engine's
-(checkpoint.py, resume.py, preemption.py, tracking.py). Under torchrun each process takes its
-share of every global batch and DDP averages the student's gradients.
+The run's life (its folder, checkpoints, resuming after a signal, tracking, the failed or preempted
+run.json) is runs/lifecycle.py's, as `peel unlearn`'s is. Under torchrun each process takes its
+share of every global batch and DDP (parallel.Replicated) averages the student's gradients.
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from peel.runs import checkpoint, folder as run_folder, preemption, resume, tracking
-from peel import distributed
+from peel import distributed, parallel
+from peel.attacks.plan import grid_attacks
+from peel.anatomy import Anatomy, final_hidden_states, find_anatomy, logits
+from peel.config import Config
+from peel.data import load_texts, tokenize
+from peel.errors import PeelError, Preempted, RunFailed
+from peel.models import DTYPES, load_model, load_tokenizer, save_model
+from peel.runs import checkpoint, folder as run_folder, lifecycle, preemption, resume, tracking
+from peel.runs.folder import CONFIG_FILE, METRICS_FILE, MODEL_FOLDER, PARTIAL_SUFFIX
 from peel.unlearning import losses
 from peel.unlearning.batches import Corpus, example_order, process_share
 from peel.unlearning.chunked import Outputs, chunk_width, token_means
-from peel.config import Config
-from peel.data import load_texts, tokenize
-from peel.unlearning.engine import load, publish_results
-from peel.errors import PeelError, Preempted, RunFailed, first_line
-from peel.models import DTYPES, load_model, load_tokenizer, model_location, save_model
-from peel.anatomy import Anatomy, final_hidden_states, find_anatomy, logits
-from peel.runs.folder import CONFIG_FILE, METRICS_FILE, MODEL_FOLDER, PARTIAL_SUFFIX, RUN_FILE
 
 
 @dataclass
@@ -115,6 +115,7 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     if output_dir.resolve() == teacher.parent.resolve():
         raise PeelError(f"output_dir {config.output_dir!r} is RUN itself; accepted: another folder (the default is RUN/distill)")
     tracking.check(config.track.to)
+    grid_attacks(config, [])  # the attacks peel tamper RUN/distill will run: a bad grid point fails now
     world = distributed.world_size()
     if world > 1 and config.train.parallel == "fsdp":
         raise PeelError("train.parallel=fsdp: peel distill replicates the student with DDP; accepted: train.parallel auto or ddp")
@@ -157,7 +158,7 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     device = distributed.init()
     settings, output_dir = config.distill, Path(config.output_dir).expanduser()
 
-    # ---- setup
+    # ---- setup: every check before anything is written
     prepared = prepare(config, force)
     if dry_run or prepared.folder_state == resume.COMPLETED:
         if distributed.is_main():
@@ -172,24 +173,21 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     start = checkpoint.restore(saved, student, [])
     engine = "local" if distributed.world_size() == 1 else "ddp"
     forward = StudentForward(student)
-    if engine == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(forward)
+    parallelism = parallel.ENGINES[engine](student, root=forward)  # DDP averages the student's gradients
     parameters = list(student.model.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = make_scheduler(optimizer, settings)
     if saved is not None and saved["optimizer"] is not None:
         checkpoint.restore_optimizer(saved, optimizer, scheduler)
 
-    tracker = resume.open_run(output_dir, config, saved, prepared.folder_state == resume.RESUME, started, device, engine)
+    tracker = lifecycle.open_run(output_dir, config, saved, prepared.folder_state == resume.RESUME, started, device, engine)
 
     corpus = Corpus(prepared.examples, prepared.tokenizer.pad_token_id, device)
     epochs = max(1, math.ceil(settings.steps * settings.global_batch_size / len(corpus)))
     order = example_order(len(corpus), epochs, settings.seed, 0)
     examples_per_process = settings.global_batch_size // distributed.world_size()
     bar = tqdm(total=settings.steps, initial=start.step, desc="distill", disable=not distributed.is_main(), dynamic_ncols=True)
-    try:
+    with lifecycle.attended(output_dir, started, device, tracker, lambda: bar.n), contextlib.closing(bar):
         # ---- train
         with preemption.stop_on_signals():
             for step in range(start.step, settings.steps):
@@ -197,8 +195,7 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
                 batches = [corpus.batch(indices) for indices in micro]
                 per_example = []
                 for index, batch in enumerate(batches):
-                    last = index == len(batches) - 1
-                    with contextlib.nullcontext() if last or engine == "local" else forward.no_sync():
+                    with parallelism.accumulate(sync=index == len(batches) - 1):
                         per_example.append(kl_backward(forward, student, teacher, batch, 1.0 / examples_per_process,
                                                        config.train.loss_chunk_tokens))
                 max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
@@ -227,32 +224,14 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         bar.close()
 
         # ---- finish
+        parallelism.release()
         if distributed.is_main():
             save_model(student.model, prepared.tokenizer, output_dir / (MODEL_FOLDER + PARTIAL_SUFFIX))
-            if config.eval.tasks:
-                from peel.evaluation import evaluate_with
-                from peel.runs.evaluations import write_evaluation
-
-                results = evaluate_with(student.model, prepared.tokenizer, config.eval)
-                write_evaluation(output_dir, str(output_dir / MODEL_FOLDER), results, original_baseline(config, prepared.tokenizer, device))
-            publish_results(output_dir, "full")
-            record = run_folder.run_record("completed", started, device, total_steps=settings.steps, teacher=str(prepared.teacher),
-                                           alpha=settings.alpha, parallel=engine)
-            run_folder.write_json(output_dir / RUN_FILE, record)
-            checkpoint.remove(output_dir)  # model/ holds the result now
+            baseline = lifecycle.original_baseline(config.model, config.eval, lambda: original_evaluation(config, prepared.tokenizer, device))
+            lifecycle.evaluate_result(student.model, prepared.tokenizer, config.eval, output_dir, baseline)
+            lifecycle.complete(output_dir, (MODEL_FOLDER,), started, device, total_steps=settings.steps,
+                               teacher=str(prepared.teacher), alpha=settings.alpha, parallel=engine)
         distributed.barrier()
-    except Preempted:
-        if distributed.is_main():
-            run_folder.write_json(output_dir / RUN_FILE, run_folder.run_record("preempted", started, device, step=bar.n))
-        raise
-    except BaseException as error:
-        log = run_folder.mark_failed(output_dir, error, started, device) if distributed.is_main() else None
-        if log is None:
-            raise
-        raise RunFailed(f"{type(error).__name__}: {first_line(error)}; full traceback in {log}") from error
-    finally:
-        bar.close()
-        tracker.finish()
     return output_dir
 
 
@@ -285,11 +264,8 @@ def kl_backward(forward, student: Network, teacher: Network, batch, scale: float
     return per_example.detach()
 
 
-def original_baseline(config: Config, tokenizer, device) -> dict:
-    """The evaluation of the model the run unlearned (config.model), from the cache, else computed once."""
-    from peel.evaluation import cached_baseline, evaluate_with
+def original_evaluation(config: Config, tokenizer, device) -> dict:
+    """The model the run unlearned (config.model), loaded and evaluated: the baseline when no cache has it."""
+    from peel.evaluation import evaluate_with
 
-    model = config.model
-    return cached_baseline(model_location(model.name_or_path, model.gguf_file), config.eval.tasks, config.eval.limit,
-                           config.eval.max_length, compute=lambda: evaluate_with(load(config).to(device), tokenizer, config.eval),
-                           revision=model.revision)
+    return evaluate_with(lifecycle.load_original(config.model, config.train.dtype).to(device), tokenizer, config.eval)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from peel.anatomy import causal_lm
+from peel.anatomy import causal_lm, find_anatomy
 from peel.errors import PeelError, first_line, reading
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -70,7 +70,7 @@ def shard_like(whole: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 class Local:
     """One process: gradients are complete as computed."""
 
-    def __init__(self, weights):
+    def __init__(self, weights, root: nn.Module | None = None):
         self.weights = weights
 
     def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
@@ -84,15 +84,15 @@ class Local:
         pass
 
 
-class _DecoderForward(nn.Module):
-    """What DDP wraps: the decoder, run by its class's forward."""
+class _ClassForward(nn.Module):
+    """What DDP wraps: a module, run by its class's forward (its own `forward` attribute points at DDP)."""
 
-    def __init__(self, decoder: nn.Module):
+    def __init__(self, module: nn.Module):
         super().__init__()
-        self.decoder = decoder
+        self.module = module
 
     def forward(self, *args, **kwargs):
-        return type(self.decoder).forward(self.decoder, *args, **kwargs)
+        return type(self.module).forward(self.module, *args, **kwargs)
 
 
 def check_adapters_inside_decoder(weights) -> None:
@@ -113,26 +113,30 @@ class Replicated:
     at the DDP wrapper for the length of training, so the probe (entering through the causal LM)
     and early-exit passes (calling the decoder directly) are both DDP forwards. `release` points it
     back before saving or evaluation.
+
+    `root` replaces the decoder as the module every pass that carries gradient enters (distill.py's
+    student, which trains every parameter, the unembedding included).
     """
 
-    def __init__(self, weights):
+    def __init__(self, weights, root: nn.Module | None = None):
         from torch.nn.parallel import DistributedDataParallel
 
-        check_adapters_inside_decoder(weights)
+        if root is None:
+            check_adapters_inside_decoder(weights)
         self.weights = weights
-        self.decoder = weights.anatomy.decoder
+        self.root = weights.anatomy.decoder if root is None else root
         # Buffers never change in training, so they are not re-sent each forward (torch >= 2.13 names
         # that option forward_sync_buffers; earlier versions broadcast_buffers).
         options = inspect.signature(DistributedDataParallel).parameters
         buffers = "forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers"
         self.ddp = DistributedDataParallel(
-            _DecoderForward(self.decoder),
+            _ClassForward(self.root),
             find_unused_parameters=True,  # adapters off after the probe's layer; layers skipped by early exit
             init_sync=False,  # every process loads the same weights and seeds adapters alike: nothing to broadcast
             **{buffers: False},
         )
         # An instance attribute shadows the class's forward; a bound method, so it is not registered as a submodule.
-        self.decoder.forward = self.ddp.__call__
+        self.root.forward = self.ddp.__call__
 
     def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
         """Gradients stay local unless `sync`; the synced backward reduces everything accumulated so far."""
@@ -142,7 +146,7 @@ class Replicated:
         return None
 
     def release(self) -> None:
-        self.decoder.__dict__.pop("forward", None)
+        self.root.__dict__.pop("forward", None)
 
 
 class Sharded:

@@ -135,6 +135,7 @@ def status(sweep_dir: Path) -> list[dict]:
 
 def run_locally(runs: list[Run]) -> int:
     """Each run in this process, one after another; the number that failed."""
+    from peel.outputs.model_card import write_model_cards
     from peel.unlearning.engine import unlearn
 
     failed = 0
@@ -142,6 +143,8 @@ def run_locally(runs: list[Run]) -> int:
         print(f"{run.name}: running")
         try:
             unlearn(run.config)
+            if distributed.is_main():
+                write_model_cards(run.folder)
         except (PeelError, RunFailed) as error:
             failed += 1
             if distributed.is_main():

@@ -6,6 +6,7 @@ import argparse
 
 from peel.errors import PeelError
 from peel.runs.folder import CONFIG_FILE, PROBE_FILE
+from pathlib import Path
 
 HELP = "Render markdown tables and plots from run folders (no model loading)."
 DESCRIPTION = """\

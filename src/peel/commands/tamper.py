@@ -7,6 +7,7 @@ from pathlib import Path
 
 from peel.commands.arguments import TargetsAndOverrides
 from peel.errors import PeelError
+from peel.runs.folder import TAMPER_FILE
 
 HELP = "Attack models with a grid of fine-tuning, few-shot, quantization and orthogonalization attacks; report the worst case."
 DESCRIPTION = """\
@@ -46,7 +47,6 @@ Writes into the run folder or --output-dir (with several targets, --output-dir/<
 
 The baseline (0-shot accuracy of the original model) is --baseline MODEL (evaluated once, then
 from the eval cache), else a run folder's eval.json baseline or the cached evaluation of the
-from peel.runs.folder import TAMPER_FILE
 model it unlearned. All targets use the settings of the first run folder among them (or the
 defaults) with the key=value overrides; an override of a key the grid sets is refused.
 

@@ -43,5 +43,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     output_dir = unlearn(config, force=args.force, dry_run=args.dry_run)
     if distributed.is_main() and not args.dry_run:
+        from peel.outputs.model_card import write_model_cards
+
+        write_model_cards(output_dir)  # over peft's blank template, which names the base by its local path
         print(f"run folder: {output_dir}")
     return 0

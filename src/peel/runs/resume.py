@@ -16,11 +16,10 @@ import os
 import shutil
 from pathlib import Path
 
-from peel.runs import checkpoint, folder as run_folder, tracking
-from peel import distributed
-from peel.config import Config, flatten, load_config, save_config, to_dict
+from peel.config import Config, flatten, load_config, to_dict
 from peel.errors import PeelError
-from peel.runs.folder import CONFIG_FILE, METRICS_FILE, RUN_FILE
+from peel.runs import checkpoint, folder as run_folder
+from peel.runs.folder import CONFIG_FILE, METRICS_FILE
 
 # What `folder_state` finds.
 NEW, RESUME, COMPLETED = "new", "resume", "completed"
@@ -71,20 +70,3 @@ def rewind(output_dir: Path, saved: dict | None) -> None:
     if metrics.exists():
         keep = saved["metrics_bytes"] if saved else 0
         os.truncate(metrics, min(keep, metrics.stat().st_size))
-
-
-def open_run(output_dir: Path, config: Config, saved: dict | None, resuming: bool, started: float, device,
-             engine: str) -> tracking.Tracking:
-    """Once every process has read the folder: the main process writes the resolved config, starts
-    the trackers, drops what lies past `saved` and marks run.json running. Returns the trackers
-    (none on the other processes)."""
-    tracker = tracking.NOT_TRACKED
-    distributed.barrier()  # every process has read the folder before the main process changes it
-    if distributed.is_main():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / CONFIG_FILE)
-        # Before the rewind: metrics.jsonl still says which steps the trackers were given.
-        tracker = tracking.start(config.track, to_dict(config), output_dir, resuming)
-        rewind(output_dir, saved)
-        run_folder.write_json(output_dir / RUN_FILE, run_folder.run_record("running", started, device, parallel=engine))
-    return tracker

@@ -28,49 +28,29 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
 from peel import distributed
 from peel.unlearning import losses
-from peel.unlearning.batches import Corpus, example_order, process_share
+from peel.unlearning.batches import example_order, process_share
 from peel.unlearning.chunked import token_means
 from peel.errors import PeelError
 from peel.unlearning.gradients import backward_each, take_gradients
 from peel.anatomy import adding_to_output, hidden_states
 from peel.unlearning.objectives import forget_backward, model_outputs, nll_retain_backward
-
-
-@dataclass
-class PhaseSetting:
-    """What an adversary works with in one phase."""
-
-    weights: object  # weights.LoraWeights or weights.FullWeights
-    parallelism: object  # parallel.Local or Replicated
-    parameters: list  # the phase's trained parameters
-    layer: int
-    unlearn: object  # the unlearn settings (config.UnlearnConfig)
-    chunk_tokens: int
-    examples_per_process: int  # per optimizer step
-    # finetune only: the attack's text and how a phase reads it
-    corpus: Corpus | None = None
-    seed: int = 0
-    phase: int = 0
-    steps_per_phase: int = 1
-    global_batch_size: int = 1
-    per_device_batch_size: int = 1
+from peel.unlearning.phase import Phase
 
 
 class Plain:
     """unlearn.adversary: none."""
 
-    def __init__(self, setting: PhaseSetting):
-        self.setting = setting
+    def __init__(self, phase: Phase):
+        self.phase = phase
 
     def forget_backward(self, batch, scale: float) -> torch.Tensor:
         """The forget loss's forward and backward on one micro-batch (objectives.forget_backward)."""
-        s = self.setting
+        s = self.phase
         return forget_backward(s.weights, batch, s.layer, s.unlearn, scale, s.chunk_tokens, self.perturbation(batch))
 
     def perturbation(self, batch) -> torch.Tensor | None:
@@ -85,16 +65,16 @@ class Plain:
 class FineTune(Plain):
     """unlearn.adversary: finetune."""
 
-    def __init__(self, setting: PhaseSetting):
-        super().__init__(setting)
-        s, unlearn = setting, setting.unlearn
-        attacks = math.ceil(s.steps_per_phase / unlearn.adversary_every)
+    def __init__(self, phase: Phase):
+        super().__init__(phase)
+        s, unlearn = phase, phase.unlearn
+        attacks = math.ceil(s.steps / unlearn.adversary_every)
         needed = attacks * unlearn.adversary_steps * s.global_batch_size
         # The attack's batches, like the engine's, are a pure function of (seed, phase): resuming needs no state.
-        self.order = example_order(len(s.corpus), math.ceil(needed / len(s.corpus)), s.seed, s.phase)
+        self.order = example_order(len(s.attack_text), math.ceil(needed / len(s.attack_text)), s.seed, s.number)
 
     def attacked_forget_gradients(self, step_in_phase: int, forget_batches, scale: float):
-        s, unlearn = self.setting, self.setting.unlearn
+        s, unlearn = self.phase, self.phase.unlearn
         if step_in_phase % unlearn.adversary_every:
             return None, {}
         saved = [parameter.detach().clone() for parameter in s.parameters]
@@ -113,13 +93,13 @@ class FineTune(Plain):
 
     def attack(self, attack_number: int) -> torch.Tensor:
         """`adversary_steps` AdamW steps of next-token loss on the trained parameters; the last step's mean loss."""
-        s, unlearn = self.setting, self.setting.unlearn
+        s, unlearn = self.phase, self.phase.unlearn
         optimizer = torch.optim.AdamW(s.parameters, lr=unlearn.adversary_lr, weight_decay=0.0)
         scale = 1.0 / s.examples_per_process
         for step in range(unlearn.adversary_steps):
             position = attack_number * unlearn.adversary_steps + step
             micro = process_share(self.order, position, s.global_batch_size).split(s.per_device_batch_size)
-            batches = [s.corpus.batch(indices) for indices in micro]
+            batches = [s.attack_text.batch(indices) for indices in micro]
             per_example = backward_each(
                 s.parallelism, batches, 1.0, lambda batch: nll_retain_backward(s.weights, batch, [], scale, s.chunk_tokens)
             )
@@ -134,7 +114,7 @@ class Latent(Plain):
     def perturbation(self, batch) -> torch.Tensor:
         """Projected gradient descent on the forget text's next-token loss over a perturbation of
         the target layer's output, within each token's L2 ball (normalised steps of 2 radius / steps)."""
-        s, unlearn = self.setting, self.setting.unlearn
+        s, unlearn = self.phase, self.phase.unlearn
         weights, layer = s.weights, s.layer
         with torch.no_grad():
             state = hidden_states(weights.anatomy, batch.input_ids, batch.model_mask, [layer])[layer]

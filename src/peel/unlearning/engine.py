@@ -17,6 +17,7 @@ run again on the same output_dir, continue where a killed run stopped (checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -25,24 +26,26 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from peel.runs import checkpoint, folder as run_folder, preemption, resume, tracking
 from peel import distributed, parallel
-from peel.unlearning import recompute
-from peel.unlearning.adversaries import ADVERSARIES, PhaseSetting, refuse_sharding
 from peel.config import Config
-from peel.unlearning.batches import Corpus, RandomTargets, example_order, process_share
-from peel.errors import Preempted, RunFailed, first_line
-from peel.unlearning.gradients import compute_gradients, read
-from peel.models import load_model, model_location, save_model
+from peel.errors import Preempted, RunFailed
+from peel.evaluation import evaluate_with
 from peel.anatomy import compile_layers
+from peel.models import save_model
+from peel.parallel import full_tensor
+from peel.runs import checkpoint, folder as run_folder, lifecycle, preemption, resume, tracking
+from peel.runs.folder import ADAPTER_FOLDER, METRICS_FILE, MODEL_FOLDER, PARTIAL_SUFFIX
+from peel.unlearning import recompute
+from peel.unlearning.adversaries import ADVERSARIES, refuse_sharding
+from peel.unlearning.batches import Corpus, RandomTargets, example_order, process_share
+from peel.unlearning.gradients import compute_gradients, read
 from peel.unlearning.objectives import FORGET_OBJECTIVES
 from peel.unlearning.optimizers import make_optimizer
-from peel.parallel import full_tensor
+from peel.unlearning.phase import Phase
 from peel.unlearning.planning import Plan, prepare
 from peel.unlearning.schedules import forget_coefficient, progress, retain_coefficient, retain_layer_set
 from peel.unlearning.update_rank import update_rank
 from peel.unlearning.weights import WEIGHTS
-from peel.runs.folder import ADAPTER_FOLDER, METRICS_FILE, MODEL_FOLDER, PARTIAL_SUFFIX, RUN_FILE
 
 
 @dataclass
@@ -87,9 +90,9 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         if distributed.is_main() and not dry_run:
             print(f"{output_dir} holds a completed run of this config; nothing to do (--force runs it again)")
         return output_dir
-    model = load(config)
+    model = lifecycle.load_original(config.model, config.train.dtype)
     tokenizer = prepared.tokenizer
-    baseline = evaluate_baseline(config, model, tokenizer, device)
+    baseline = lifecycle.original_baseline(config.model, config.eval, lambda: evaluate_with(model.to(device), tokenizer, config.eval))
     saved = checkpoint.load(output_dir) if prepared.folder_state == resume.RESUME else None
 
     # Under torchrun: DDP, or FSDP2 for full fine-tuning and for LoRA on a model too large for one
@@ -104,7 +107,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     parallelism = parallel.ENGINES[engine](weights)
     start = checkpoint.restore(saved, weights, plan.layers)
 
-    tracker = resume.open_run(output_dir, config, saved, prepared.folder_state == resume.RESUME, started, device, engine)
+    tracker = lifecycle.open_run(output_dir, config, saved, prepared.folder_state == resume.RESUME, started, device, engine)
 
     total_steps = plan.steps_per_phase * len(plan.layers)
     bar = tqdm(total=total_steps, initial=start.step, desc="unlearn", disable=not distributed.is_main(), dynamic_ncols=True)
@@ -113,7 +116,7 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
     attack_text = forget if prepared.adversary is None else Corpus(prepared.adversary, pad, device)
     session = Session(config, plan, weights, parallelism, tokenizer, forget, Corpus(prepared.retain, pad, device), attack_text,
                       device, output_dir, bar, tracker)
-    try:
+    with lifecycle.attended(output_dir, started, device, tracker, lambda: bar.n), contextlib.closing(bar):
         # ---- train
         with preemption.stop_on_signals():
             for phase in range(start.phase, len(plan.layers)):
@@ -127,33 +130,11 @@ def unlearn(config: Config, force: bool = False, dry_run: bool = False) -> Path:
         parallelism.release()
         model = save_results(weights, parallelism, tokenizer, output_dir, config, device)
         if distributed.is_main():
-            if config.eval.tasks:
-                from peel.evaluation import evaluate_with
-                from peel.runs.evaluations import write_evaluation
-
-                results = evaluate_with(model, tokenizer, config.eval)
-                write_evaluation(output_dir, str(output_dir / MODEL_FOLDER), results, baseline)
-            publish_results(output_dir, config.unlearn.adapter)
-            record = run_folder.run_record("completed", started, device, total_steps=total_steps, layers=plan.layers,
-                                           update_rank=rank, parallel=engine)
-            run_folder.write_json(output_dir / RUN_FILE, record)
-            checkpoint.remove(output_dir)  # model/ holds the result now
-            from peel.outputs.model_card import write_model_cards
-
-            write_model_cards(output_dir)  # over peft's blank template, which names the base by its local path
+            lifecycle.evaluate_result(model, tokenizer, config.eval, output_dir, baseline)
+            folders = (ADAPTER_FOLDER, MODEL_FOLDER) if config.unlearn.adapter == "lora" else (MODEL_FOLDER,)
+            lifecycle.complete(output_dir, folders, started, device, total_steps=total_steps, layers=plan.layers,
+                               update_rank=rank, parallel=engine)
         distributed.barrier()
-    except Preempted:
-        if distributed.is_main():
-            run_folder.write_json(output_dir / RUN_FILE, run_folder.run_record("preempted", started, device, step=bar.n))
-        raise
-    except BaseException as error:
-        log = run_folder.mark_failed(output_dir, error, started, device) if distributed.is_main() else None
-        if log is None:
-            raise  # a known failure (its message says it all), an interruption, or another process's copy
-        raise RunFailed(f"{type(error).__name__}: {first_line(error)}; full traceback in {log}") from error
-    finally:
-        bar.close()
-        tracker.finish()  # run.json (and eval.json) as they were left: the run's summary
     return output_dir
 
 
@@ -183,14 +164,18 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
     if resumed is not None:
         checkpoint.restore_optimizer(resumed, optimizer, scheduler)
         first_step = resumed["position"]["step_in_phase"]
-    retain_layers = retain_layer_set(unlearn.retain_layers, layer, plan.num_layers)
     order = example_order(plan.num_examples, train.epochs_per_layer, train.seed, phase)
     vocab = weights.anatomy.unembedding.weight.shape[0]
     targets = RandomTargets(train.seed, phase, vocab) if FORGET_OBJECTIVES[unlearn.forget_loss].random_targets else None
-    adversary = ADVERSARIES[unlearn.adversary](PhaseSetting(
-        weights, session.parallelism, parameters, layer, unlearn, train.loss_chunk_tokens, plan.examples_per_process,
-        session.adversary, train.seed, phase, plan.steps_per_phase, train.global_batch_size, train.per_device_batch_size,
-    ))
+    setting = Phase(
+        weights=weights, parallelism=session.parallelism, parameters=parameters, layer=layer, unlearn=unlearn,
+        examples_per_process=plan.examples_per_process,
+        retain_layers=tuple(retain_layer_set(unlearn.retain_layers, layer, plan.num_layers)),
+        chunk_tokens=train.loss_chunk_tokens, number=phase, steps=plan.steps_per_phase, seed=train.seed,
+        global_batch_size=train.global_batch_size, per_device_batch_size=train.per_device_batch_size,
+        attack_text=session.adversary,
+    )
+    adversary = ADVERSARIES[unlearn.adversary](setting)
 
     for step_in_phase in range(first_step, plan.steps_per_phase):
         p = progress(step_in_phase, plan.steps_per_phase)
@@ -200,10 +185,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
         forget_batches = [session.forget.batch(indices, targets) for indices in micro]
         retain_batches = [session.retain.batch(indices) for indices in micro]
 
-        statistics = compute_gradients(
-            weights, session.parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
-            forget_coef, retain_coef, plan.examples_per_process, train.loss_chunk_tokens, adversary, step_in_phase,
-        )
+        statistics = compute_gradients(setting, adversary, forget_batches, retain_batches, forget_coef, retain_coef, step_in_phase)
         max_norm = train.max_grad_norm if train.max_grad_norm > 0 else math.inf
         statistics["grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
         statistics = read(statistics)  # the step's one wait for the device
@@ -255,37 +237,10 @@ def evaluate_model(model, tokenizer, settings) -> dict:
     Under torchrun every process runs it (FSDP2's forward passes need all of them); only the
     main process gets the results (an empty record elsewhere), and only it writes them.
     """
-    from peel.evaluation import evaluate_with
-
     results = evaluate_with(model, tokenizer, settings)
     if results is None:
         return {}
     return {"eval": results["accuracy"], **({"eval_correct_prob": results["correct_prob"]} if results["correct_prob"] else {})}
-
-
-def load(config: Config):
-    """The model to unlearn, on the host, as the config names it."""
-    model = config.model
-    return load_model(model_location(model.name_or_path, model.gguf_file), dtype=config.train.dtype, attn_implementation=model.attn_implementation,
-                      revision=model.revision, trust_remote_code=model.trust_remote_code)
-
-
-def evaluate_baseline(config: Config, model, tokenizer, device) -> dict | None:
-    """The original model's evaluation, computed once per model and task set and then cached."""
-    settings = config.eval
-    if not settings.tasks or not distributed.is_main():
-        return None
-    from peel.evaluation import cached_baseline, evaluate_with
-
-    return cached_baseline(
-        model_location(config.model.name_or_path, config.model.gguf_file),
-        settings.tasks,
-        settings.limit,
-        settings.max_length,
-        compute=lambda: evaluate_with(model.to(device), tokenizer, settings),
-        revision=config.model.revision,
-        include_path=settings.include_path,
-    )
 
 
 def save_results(weights, parallelism, tokenizer, output_dir: Path, config: Config, device):
@@ -300,7 +255,7 @@ def save_results(weights, parallelism, tokenizer, output_dir: Path, config: Conf
     if adapter == "lora" and state_dict is not None:
         # Sharded adapters: the main process rebuilds the LoRA model on the host from the original
         # weights and the gathered values, and saves and merges it as in one process.
-        weights = WEIGHTS["lora"](load(config), config.unlearn.lora)
+        weights = WEIGHTS["lora"](lifecycle.load_original(config.model, config.train.dtype), config.unlearn.lora)
         weights.model.load_state_dict(state_dict)
         state_dict = None
     if adapter == "lora":
@@ -313,10 +268,3 @@ def save_results(weights, parallelism, tokenizer, output_dir: Path, config: Conf
 
         model = AutoModelForCausalLM.from_pretrained(output_dir / (MODEL_FOLDER + PARTIAL_SUFFIX), dtype="auto")
     return model.to(device)
-
-
-def publish_results(output_dir: Path, adapter: str) -> None:
-    """Move the finished model (and adapter) into place: a run folder has a model/ only once it completed."""
-    if adapter == "lora":
-        run_folder.replace_folder(output_dir / (ADAPTER_FOLDER + PARTIAL_SUFFIX), output_dir / ADAPTER_FOLDER)
-    run_folder.replace_folder(output_dir / (MODEL_FOLDER + PARTIAL_SUFFIX), output_dir / MODEL_FOLDER)

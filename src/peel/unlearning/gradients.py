@@ -12,45 +12,36 @@ import torch
 from peel import distributed
 from peel.runs import preemption
 from peel.unlearning.filters import GRADIENT_FILTERS
-from peel.unlearning.objectives import RETAIN_OBJECTIVES, forget_backward
+from peel.unlearning.objectives import RETAIN_OBJECTIVES
+from peel.unlearning.phase import Phase
 from peel.parallel import full_tensor
 
 
-def compute_gradients(
-    weights, parallelism, parameters, layer, forget_batches, retain_batches, unlearn, retain_layers,
-    forget_coef: float, retain_coef: float, examples_per_process: int, chunk_tokens: int = 0,
-    adversary=None, step_in_phase: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Leave one optimizer step's combined gradient in each parameter's `.grad`.
+def compute_gradients(phase: Phase, adversary, forget_batches, retain_batches, forget_coef: float, retain_coef: float,
+                      step_in_phase: int = 0) -> dict[str, torch.Tensor]:
+    """Leave one optimizer step's combined gradient in each of the phase's parameters' `.grad`.
 
     Forget and retain gradients are accumulated separately over the micro-batches, averaged
     across processes (by DDP or FSDP2, in each objective's last backward), then combined by the
     gradient filter; L2-SP is added after the filter (it is a pull toward the original weights,
-    not a data gradient to be compared). An `adversary` (adversary.py; None = plain) runs the
-    forget passes and may add the forget gradient at attacked parameters to the forget gradient,
-    before the filter sees it.
+    not a data gradient to be compared). The `adversary` (adversaries.py; `Plain` for none) runs
+    the forget passes and may add the forget gradient at attacked parameters to the forget
+    gradient, before the filter sees it.
     Returns, as 0-d tensors: the step's mean losses, the gradient norms, L2-SP, whether any
     process was asked to stop (`stop` > 0) and, with keyword masks, the share of forget tokens
     that counted.
     """
-    scale = 1.0 / examples_per_process  # per-example losses summed: the same step however the batch is split
-    if adversary is None:
-        forget_losses = backward_each(
-            parallelism, forget_batches, forget_coef,
-            lambda batch: forget_backward(weights, batch, layer, unlearn, forget_coef * scale, chunk_tokens),
-        )
-    else:
-        forget_losses = backward_each(parallelism, forget_batches, forget_coef, lambda batch: adversary.forget_backward(batch, forget_coef * scale))
+    weights, parallelism, parameters, unlearn = phase.weights, phase.parallelism, phase.parameters, phase.unlearn
+    scale = 1.0 / phase.examples_per_process  # per-example losses summed: the same step however the batch is split
+    forget_losses = backward_each(parallelism, forget_batches, forget_coef, lambda batch: adversary.forget_backward(batch, forget_coef * scale))
     forget_gradients = take_gradients(parameters)
-    adversary_statistics = {}
-    if adversary is not None:
-        attacked, adversary_statistics = adversary.attacked_forget_gradients(step_in_phase, forget_batches, forget_coef * scale)
-        if attacked is not None:
-            forget_gradients = [gradient + extra for gradient, extra in zip(forget_gradients, attacked)]
+    attacked, adversary_statistics = adversary.attacked_forget_gradients(step_in_phase, forget_batches, forget_coef * scale)
+    if attacked is not None:
+        forget_gradients = [gradient + extra for gradient, extra in zip(forget_gradients, attacked)]
     retain_objective = RETAIN_OBJECTIVES[unlearn.retain_loss]
     retain_losses = backward_each(
         parallelism, retain_batches, retain_coef,
-        lambda batch: retain_objective(weights, batch, retain_layers, retain_coef * scale, chunk_tokens),
+        lambda batch: retain_objective(weights, batch, list(phase.retain_layers), retain_coef * scale, phase.chunk_tokens),
     )
     retain_gradients = take_gradients(parameters)
 
@@ -59,7 +50,7 @@ def compute_gradients(
         parameter.grad = combine(forget_gradient, retain_gradient)
     l2sp = forget_losses.new_zeros(())
     if unlearn.l2sp_coef:
-        penalty = weights.l2sp_penalty(layer)
+        penalty = weights.l2sp_penalty(phase.layer)
         (unlearn.l2sp_coef * penalty).backward()
         l2sp = full_tensor(penalty.detach()).float()
 
