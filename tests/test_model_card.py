@@ -78,7 +78,7 @@ def test_hub_ids_are_named_and_local_paths_shortened(tmp_path):
     assert shown(str(tmp_path / "models" / "base")) == "base" and shown("testbed:forget") == "testbed:forget"
     text = card_text("adapter", {"model": {"name_or_path": "EleutherAI/deep-ignorance-unfiltered"},
                                  "unlearn": {"adapter": "lora", "lora": {"rank": 16, "alpha": 16, "target_modules": ["query_key_value"]}}},
-                     [31, 27], None, None)
+                     {"layers": [31, 27]}, None, None)
     assert text.startswith("---\nbase_model: EleutherAI/deep-ignorance-unfiltered\n")
     assert "LoRA rank 16, alpha 16, modules ['query_key_value']" in text
 

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from peel.errors import PeelError
+from peel.config import split_tasks
 from peel.attacks.results import (
     document,
     read_tamper,
-    split_tasks,
     step_zero,
     steps_to_recover,
     summarize,

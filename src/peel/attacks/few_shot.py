@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peel.config import NON_NEGATIVE, option
+from peel.config import NON_NEGATIVE, option, split_tasks
 
 
 @dataclass
@@ -24,8 +24,6 @@ def untouched(settings: dict) -> bool:
 
 
 def run(attack, session) -> dict:
-    from peel.attacks.results import split_tasks
-
     forget_tasks, _ = split_tasks(attack.settings.tasks)
     prompted = session.accuracy(forget_tasks, attack.options.shots) if attack.options.shots else {}
     return {"curve": [{**session.untouched(), **prompted}]}

@@ -10,12 +10,13 @@ removed stays near chance; one whose knowledge was only hidden climbs back withi
 from __future__ import annotations
 
 import math
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from peel.config import EvalConfig, TamperConfig
 from peel.errors import PeelError, Preempted
+
+if TYPE_CHECKING:
+    import torch
 
 
 class AttackDiverged(Exception):
@@ -44,10 +45,21 @@ def train_lora_adapter(model, rank: int):
 # tamper.adapter -> how the attacker's trainable parameters are set up
 ADAPTERS = {"full": train_all_weights, "lora": train_lora_adapter}
 # tamper.optimizer -> the optimizer over the trainable parameters
-OPTIMIZERS = {
-    "adamw": lambda parameters, lr, weight_decay: torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay),
-    "sgd": lambda parameters, lr, weight_decay: torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay),
-}
+# (torch is imported where an attack runs: the table of attack kinds, which the report and the model
+# cards read, costs no torch import)
+def adamw(parameters, lr: float, weight_decay: float):
+    import torch
+
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+
+
+def sgd(parameters, lr: float, weight_decay: float):
+    import torch
+
+    return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+OPTIMIZERS = {"adamw": adamw, "sgd": sgd}
 # tamper.lr_scheduler values: names transformers' get_scheduler knows.
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -70,6 +82,8 @@ def make_scheduler(name: str, optimizer, warmup: int, steps: int):
 
 def batches(examples: list[list[int]], batch_size: int, seed: int):
     """Endless batches: a fresh shuffle of the examples for each pass."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(examples), generator=generator).tolist()
@@ -104,6 +118,8 @@ def tamper(
     grid). `should_stop` is asked after every step; when it names a reason, the attack is dropped
     with `Preempted` (a grid runs it again from the start).
     """
+    import torch
+
     from peel.data import collate
 
     if adapter not in ADAPTERS or optimizer not in OPTIMIZERS:

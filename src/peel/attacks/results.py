@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peel.attacks.kinds import DEFAULT_KIND, untouched_at_zero
+from peel.config import split_tasks
 from peel.errors import PeelError
 from peel.runs.folder import TAMPER_FILE, read_json, write_json
 
@@ -29,13 +30,6 @@ from peel.runs.folder import TAMPER_FILE, read_json, write_json
 RECOVERY_SHARES = (50, 90)
 # Comparisons of accuracies computed different ways (a difference of sums) must not hinge on rounding.
 TOLERANCE = 1e-9
-
-
-def split_tasks(tasks: list[str]) -> tuple[list[str], str | None]:
-    """(forget tasks, retain task): with two or more tasks the last one is the retain task."""
-    if len(tasks) >= 2:
-        return list(tasks[:-1]), tasks[-1]
-    return list(tasks), None
 
 
 def worst_case(curves: list[list[dict]]) -> list[dict]:

@@ -119,6 +119,13 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     return section
 
 
+def is_number_field(section: type, name: str) -> bool:
+    """Whether `section`'s field `name` holds one number (an int or a float, possibly null)."""
+    hint = typing.get_type_hints(section)[name]
+    options = [option for option in typing.get_args(hint) if option is not type(None)] or [hint]
+    return all(option in (int, float) for option in options)
+
+
 def check_bound(value: Any, bound: Bound | None, key: str) -> Any:
     """`value` when it (or each number in it, for a list) lies in `bound`; a PeelError otherwise."""
     if bound is None:

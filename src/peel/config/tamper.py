@@ -83,3 +83,10 @@ class TamperConfig:
         None, "Weight and compute dtype of the attacked model; null = train.dtype."
     )
     seed: int = option(0, "Seed for the attack's data order and adapter initialisation.", NON_NEGATIVE)
+
+
+def split_tasks(tasks: list[str]) -> tuple[list[str], str | None]:
+    """(forget tasks, retain task) of tamper.tasks: with two or more tasks the last one is the retain task."""
+    if len(tasks) >= 2:
+        return list(tasks[:-1]), tasks[-1]
+    return list(tasks), None

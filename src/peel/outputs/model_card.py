@@ -17,6 +17,7 @@ import yaml
 
 from peel.attacks.results import read_tamper, with_baseline
 from peel.runs.evaluations import read_evaluation
+from peel.unlearning.methods import described
 from peel.runs.folder import CARD_FILE, CONFIG_FILE, RUN_FILE, read_json
 
 # Folder of a run -> the library that loads it and how (BASE: the base model).
@@ -56,14 +57,6 @@ def method_rows(config: dict, layers: list | None) -> list[tuple[str, str]]:
     retain = shown(data.get("retain", {}).get("path")) + (f" ({data['retain']['name']})" if data.get("retain", {}).get("name") else "")
     if chat.get("path"):
         retain += f", with {chat.get('fraction')} of it chat from {shown(chat['path'])} (template: {chat.get('template') or 'the tokenizer'})"
-    forget_loss = unlearn.get("forget_loss")
-    if forget_loss == "top_k_entropy":
-        forget_loss += f" (K {unlearn.get('top_k')})"
-    elif forget_loss == "npo":
-        forget_loss += f" (beta {unlearn.get('npo_beta')}, {'per token' if unlearn.get('npo_per_token') else 'per sequence'})"
-    retain_loss = unlearn.get("retain_loss")
-    if retain_loss == "l2":
-        retain_loss += f" at layers {unlearn.get('retain_layers')}"
     optimizer = train.get("optimizer")
     if optimizer == "muon":  # Muon at its own rate for the 2-D matrices, AdamW at lr for the rest
         optimizer += f" (lr {train.get('muon_lr')}, momentum {train.get('muon_momentum')}) with adamw for the rest"
@@ -75,9 +68,10 @@ def method_rows(config: dict, layers: list | None) -> list[tuple[str, str]]:
                         + (f", keyword-masked ({shown(data['forget']['keywords'])})" if data.get("forget", {}).get("keywords") else "")),
         ("retain data", retain),
         ("examples per phase, tokens each", f"{data.get('num_examples') or 'all'}, {data.get('max_length')}"),
-        ("forget loss", f"{forget_loss}, coefficient {unlearn.get('remove_coef')}"),
-        ("retain loss", f"{retain_loss}, coefficient {unlearn.get('retain_coef')} ramped {unlearn.get('retain_ramp')}"),
-        ("gradient filter", str(unlearn.get("grad_filter"))),
+        ("forget loss", f"{described('forget_loss', unlearn)}, coefficient {unlearn.get('remove_coef')}"),
+        ("retain loss", f"{described('retain_loss', unlearn)}, coefficient {unlearn.get('retain_coef')} ramped {unlearn.get('retain_ramp')}"),
+        ("gradient filter", described("grad_filter", unlearn)),
+        ("adversary (tamper resistance)", described("adversary", unlearn)),
         ("L2-SP coefficient", str(unlearn.get("l2sp_coef"))),
         ("optimizer", f"{optimizer}, lr {train.get('lr')} ({train.get('lr_scheduler')}, warmup "
                       f"{train.get('warmup_ratio')}), gradient clipping {train.get('max_grad_norm') or 'off'}"),
@@ -114,25 +108,54 @@ def tamper_lines(document: dict | None) -> list[str]:
     return lines
 
 
-def card_text(kind: str, config: dict, layers: list | None, evaluation: dict | None, tamper: dict | None) -> str:
+UNLEARNING = ("(`peel unlearn`): for each target layer, from the back of the model to the front, the model's hidden "
+              "state at that layer, passed through the original model's remaining layers, is trained away from the "
+              "forget data's predictions (the forget loss below), while a retain loss keeps the model close to the "
+              "original on the retain data.")
+
+
+def distillation_rows(config: dict, record: dict) -> list[tuple[str, str]]:
+    """What made a distilled student: its teacher, the mix it started from, its text and steps."""
+    settings = config.get("distill", {})
+    data = settings.get("data") or config.get("data", {}).get("retain", {})
+    text = shown(data.get("path")) + (" and the run's forget text" if settings.get("with_forget") else "")
+    return [
+        ("teacher (the unlearned model)", shown(str(Path(record.get("teacher") or settings.get("run") or "").parent))
+         if record.get("teacher") else shown(settings.get("run"))),
+        ("initial student", f"(1 - {settings.get('alpha')}) x the teacher + {settings.get('alpha')} x a fresh initialisation"),
+        ("distillation", f"{settings.get('steps')} steps of KL(teacher || student) on {text}, lr {settings.get('lr')} "
+                         f"({settings.get('lr_scheduler')}), {settings.get('global_batch_size')} texts per step, seed {settings.get('seed')}"),
+    ]
+
+
+def card_text(kind: str, config: dict, record: dict | None, evaluation: dict | None, tamper: dict | None) -> str:
+    """The card of a run's `kind` folder (model, adapter). `record` is the run's run.json: it says
+    whether the folder holds an unlearned model or a student distilled from one (its teacher)."""
+    record = record or {}
     base = config.get("model", {}).get("name_or_path", "")
     library, loading = KINDS[kind]
-    front = {"library_name": library, "tags": ["peel", "unlearning"]}
+    distilled = "teacher" in record
+    front = {"library_name": library, "tags": ["peel", "unlearning", *(["distillation"] if distilled else [])]}
     if hub_id(base):
         front = {"base_model": base, **front}
     if kind == "adapter":
         what = "a LoRA adapter"
+    elif distilled:
+        what = "a student distilled from an unlearned model"
     else:
         what = "the unlearned model" + (", adapters merged" if config.get("unlearn", {}).get("adapter") == "lora" else "")
+    if distilled:
+        story = (f"This folder holds {what} (`peel distill`): its weights started as a mix of the teacher's and a fresh "
+                 "initialisation, then it learned the teacher's next-token distributions (the distillation rows below). "
+                 f"The teacher is {shown(base)} after peel's sequential back-to-front unlearning {UNLEARNING}")
+    else:
+        story = f"This folder holds {what}: {shown(base)} after peel's sequential back-to-front unlearning {UNLEARNING}"
+    rows = [*(distillation_rows(config, record) if distilled else []), *method_rows(config, record.get("layers"))]
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-        f"# {shown(base)}, unlearned by peel",
+        f"# {shown(base)}, unlearned by peel" + (", then distilled" if distilled else ""),
         "",
-        f"This folder holds {what}: {shown(base)} after peel's sequential back-to-front unlearning "
-        "(`peel unlearn`): for each target layer, from the back of the model to the front, the model's "
-        "hidden state at that layer, passed through the original model's remaining layers, is trained away "
-        "from the forget data's predictions (the forget loss below), while a retain loss keeps the model close "
-        "to the original on the retain data.",
+        story,
         "",
         f"Load it with {library}: `{loading.replace('BASE', hub_id(base) or f'<the folder of {shown(base)}>')}`.",
         "",
@@ -140,7 +163,7 @@ def card_text(kind: str, config: dict, layers: list | None, evaluation: dict | N
         "",
         "| setting | value |",
         "|---|---|",
-        *[f"| {name} | {value} |" for name, value in method_rows(config, layers)],
+        *[f"| {name} | {value} |" for name, value in rows],
         "",
         "Every setting is in the run folder's config.yaml.",
         "",
@@ -172,7 +195,7 @@ def write_model_cards(run: str | Path, suffix: str = "") -> list[Path]:
         tamper = with_baseline(tamper, evaluation["baseline"].get("accuracy"))
     written = []
     for kind, folder in folders:
-        text = card_text(kind, config, record.get("layers"), evaluation, tamper)
+        text = card_text(kind, config, record, evaluation, tamper)
         partial = folder / f"{CARD_FILE}.{os.getpid()}.tmp"
         partial.write_text(text)
         os.replace(partial, folder / CARD_FILE)  # whole or not at all

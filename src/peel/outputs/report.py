@@ -16,8 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from peel.config import flatten
+from peel.config import UnlearnConfig, flatten, is_number_field
 from peel.errors import PeelError, reading
+from peel.unlearning.methods import all_read_keys, described
 from peel.runs.evaluations import read_evaluation
 from peel.plots import CHANCE
 from peel.runs.folder import CONFIG_FILE, METRICS_FILE, TAMPER_PLOT, read_run_record
@@ -34,17 +35,18 @@ SWEPT = {
     "train.epochs_per_layer": "epochs_per_layer",
     "train.seed": "seed",
     "unlearn.layers": "layers",
-    "unlearn.top_k": "top_k",
-    "unlearn.npo_beta": "npo_beta",
     "train.muon_lr": "muon_lr",
+    # and the numbers a method choice reads (top_k, npo_beta, the adversaries' settings): methods.py's rows
+    **{f"unlearn.{key}": key for key in all_read_keys() if is_number_field(UnlearnConfig, key)},
 }
 ALWAYS_SHOWN = ("unlearn.remove_coef", "unlearn.retain_coef", "train.lr")
 # Settings that never split families: where results went, what they are called, how they are checked,
 # where they are watched.
 IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "probe.", "train.checkpoint_every")
-# Settings named in a family's title, in this order.
+# Settings named in a family's title, in this order; an adversary joins them when there is one.
 TITLE_KEYS = ("unlearn.adapter", "unlearn.forget_loss", "unlearn.retain_loss", "unlearn.retain_layers",
               "unlearn.grad_filter", "unlearn.retain_ramp")
+ADVERSARY_KEY = "unlearn.adversary"
 # Which side of the trade-off each known task measures.
 TASK_ROLES = {"wmdp_bio_robust": "forget", "testbed_forget": "forget", "elements_forget": "forget",
               "mmlu": "retain", "testbed_retain": "retain", "elements_retain": "retain"}
@@ -252,9 +254,13 @@ def family_table(family: list[Run]) -> list[str]:
 def family_title(family: list[Run], all_families: list[list[Run]]) -> str:
     settings = family[0].settings
     title = " · ".join(f"{key.split('.')[-1]} {number_text(settings.get(key))}" for key in TITLE_KEYS if key in settings)
+    if settings.get(ADVERSARY_KEY, "none") != "none":  # as the adversary describes itself (methods.py)
+        unlearn = {key.removeprefix("unlearn."): value for key, value in settings.items() if key.startswith("unlearn.")}
+        title += f" · adversary {described('adversary', unlearn)}"
     # Settings that tell this family apart from the others, beyond the usual ones in the title.
     differing = sorted({key for other in all_families for key, _ in set(family_key(family[0])) ^ set(family_key(other[0]))})
-    extra = [f"{key}={number_text(settings.get(key))}" for key in differing if key not in TITLE_KEYS]
+    shown_keys = {*TITLE_KEYS, ADVERSARY_KEY}
+    extra = [f"{key}={number_text(settings.get(key))}" for key in differing if key not in shown_keys]
     return title + (f" ({', '.join(extra)})" if extra else "")
 
 

@@ -9,8 +9,9 @@ checked config and plan, so what is shown is what would run.
 
 from __future__ import annotations
 
+from peel.config import Config, EvalConfig, LoraOptions, TrainConfig, UnlearnConfig, flatten, to_dict
 from peel.runs import resume
-from peel.config import Config, EvalConfig, LoraOptions, TrainConfig, UnlearnConfig
+from peel.unlearning.methods import described, number
 
 # tamper keys worth a fine-tuning attack's one line (the rest are in attacks/grid.json when it runs)
 ATTACK_KEYS = ("adapter", "lora_rank", "optimizer", "lr", "lr_scheduler", "warmup_ratio", "warmup_steps", "steps",
@@ -22,23 +23,19 @@ FOLDER_STATES = {resume.NEW: "a new run", resume.RESUME: "holds this config's un
                  resume.COMPLETED: "holds this config's completed run: nothing would run"}
 
 
-def number(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def loss_lines(unlearn: UnlearnConfig, keywords: str | None) -> list[str]:
-    """The forget and retain losses with their coefficients, and how the two gradients combine."""
-    forget = {"top_k_entropy": f" (top_k {unlearn.top_k})",
-              "npo": f" (beta {number(unlearn.npo_beta)}, {'per token' if unlearn.npo_per_token else 'per sequence'})",
-              }.get(unlearn.forget_loss, "")
+    """The forget and retain losses with their coefficients, how the two gradients combine, and the
+    adversary when there is one: each choice as it describes itself (methods.py)."""
+    values = to_dict(unlearn)
     mask = f"; only tokens inside keywords of {keywords} count" if keywords else ""
-    layers = f" on layers {unlearn.retain_layers}" if unlearn.retain_loss == "l2" else ""
     l2sp = f"; L2-SP {number(unlearn.l2sp_coef)} on the target layer" if unlearn.l2sp_coef else ""
+    adversary = [] if unlearn.adversary == "none" else [f"adversary: {described('adversary', values)}"]
     return [
-        f"forget loss: {unlearn.forget_loss}{forget}, coefficient {number(unlearn.remove_coef)} easing to 0.75x "
+        f"forget loss: {described('forget_loss', values)}, coefficient {number(unlearn.remove_coef)} easing to 0.75x "
         f"within each phase{mask}",
-        f"retain loss: {unlearn.retain_loss}{layers}, coefficient {number(unlearn.retain_coef)} (ramp {unlearn.retain_ramp})",
-        f"gradients: filter {unlearn.grad_filter}{l2sp}",
+        f"retain loss: {described('retain_loss', values)}, coefficient {number(unlearn.retain_coef)} (ramp {unlearn.retain_ramp})",
+        f"gradients: filter {described('grad_filter', values)}{l2sp}",
+        *adversary,
     ]
 
 
@@ -94,7 +91,6 @@ def unlearn_lines(config: Config, plan, folder_state: str, processes: int) -> li
 
 def attack_line(attack) -> str:
     from peel.attacks import kinds
-    from peel.config import flatten, to_dict
 
     settings = attack.description()["settings"]
     if kinds.KINDS[attack.kind].tamper_keys is None:  # every tamper key decides it: show the telling ones
