@@ -238,7 +238,8 @@ def format_row(row: dict[str, float]) -> str:
 def markdown(summary: dict, probes: dict) -> str:
     """summary.md: one row per model (accuracies, where its hidden states still hold the forget
     answers, its worst case under attack), then the probes, the worst case and each attack."""
-    from peel.outputs.report import probe_table, recovery_text
+    from peel.outputs.probe_tables import probe_table
+    from peel.outputs.report import recovery_text
 
     lines = ["| model | forget accuracy | retain accuracy | forget probe, best layer | forget lens, best layer | worst case under attack |",
              "|---|---|---|---|---|---|"]

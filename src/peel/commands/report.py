@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peel.outputs.report import draw_plots, read_probes, read_run, render
+    from peel.outputs.probe_tables import read_probes
+    from peel.outputs.report import draw_plots, read_run, render
     from peel.runs.folder import check_writable
 
     output = Path(args.output)

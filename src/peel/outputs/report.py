@@ -18,6 +18,8 @@ import yaml
 
 from peel.config import UnlearnConfig, flatten, is_number_field
 from peel.errors import PeelError, reading
+from peel.outputs.markdown import TASK_ROLES, TASK_TITLES, table
+from peel.outputs.probe_tables import probe_section
 from peel.unlearning.methods import all_read_keys, described
 from peel.runs.evaluations import read_evaluation
 from peel.plots import CHANCE
@@ -47,11 +49,6 @@ IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "probe.
 TITLE_KEYS = ("unlearn.adapter", "unlearn.forget_loss", "unlearn.retain_loss", "unlearn.retain_layers",
               "unlearn.grad_filter", "unlearn.retain_ramp")
 ADVERSARY_KEY = "unlearn.adversary"
-# Which side of the trade-off each known task measures.
-TASK_ROLES = {"wmdp_bio_robust": "forget", "testbed_forget": "forget", "elements_forget": "forget",
-              "mmlu": "retain", "testbed_retain": "retain", "elements_retain": "retain"}
-TASK_TITLES = {"wmdp_bio_robust": "WMDP Bio Robust", "mmlu": "MMLU", "testbed_forget": "Forget", "testbed_retain": "Retain",
-               "elements_forget": "Elements", "elements_retain": "Countries"}
 # A task has "held" when it lost under 20% of the way from baseline to chance, is "gone" past 80%.
 HELD_BELOW, GONE_ABOVE = 0.2, 0.8
 FINAL_WINDOW = 10  # final losses are the mean over this many last optimizer steps
@@ -195,11 +192,6 @@ def differential(accuracy: dict, baseline: dict, forget: str | None, retain: str
 # Rendering
 
 
-def table(rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("-" * (len(cell) + 2) for cell in rows[0]) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows[1:]]
-
-
 def family_table(family: list[Run]) -> list[str]:
     shown = [key for key in SWEPT if key != "unlearn.layers" and (
         key in ALWAYS_SHOWN
@@ -313,55 +305,6 @@ def tamper_table(runs: list[Run]) -> list[str]:
             found = {row["step"]: row[task] for row in run.tamper["worst_case"] if task in row}
             rows.append([run.name, *(f"{found[step]:.4f}" if step in found else "-" for step in steps)])
         lines += [f"### {TASK_TITLES.get(task, task)} during the attack (worst case)", "", *table(rows), ""]
-    return lines
-
-
-def read_probes(folders: list[str | Path]) -> dict[str, dict]:
-    """probe.json of each folder that has one (a run folder or a `peel probe --output-dir`), by folder name."""
-    from peel.probing.record import read_probe
-
-    documents = {}
-    for folder in folders:
-        document = read_probe(folder)
-        if document is not None:
-            documents[Path(folder).resolve().name] = document
-    return documents
-
-
-def probe_table(document: dict) -> list[str]:
-    """Per model and task: the best layer's held-out linear-probe accuracy and the best layer's
-    logit-lens accuracy (the lens at the last layer is the model's own output)."""
-    from peel.probing.record import best_layer
-
-    tasks = document.get("tasks") or list(document["chance"])
-    readers = {"probe": "probe", "logit_lens": "lens"}
-    if any("depth" in entry for entry in document["targets"].values()):
-        readers["depth"] = "depth"
-    rows = [["Model", *(f"{TASK_TITLES.get(task, task)} {what}" for task in tasks for what in readers.values())]]
-    rows.append(["Chance", *(f"{document['chance'][task]:.3f}" if task in document["chance"] else "-"
-                             for task in tasks for _ in readers)])
-    for name, entry in document["targets"].items():
-        cells = []
-        for task in tasks:
-            for key in readers:
-                best = best_layer(entry.get(key, []), task)
-                cells.append("-" if best is None else f"{best[1]:.3f} (L{best[0]})")
-        rows.append([name, *cells])
-    return table(rows)
-
-
-DEPTH_NOTE = "; depth: the layer's output finished by the original model's later layers and head"
-
-
-def probe_section(probes: dict[str, dict], plots: dict[str, list[str]]) -> list[str]:
-    lines = ["## Probes: is the knowledge still in the hidden states?", ""]
-    for name, document in probes.items():
-        kinds = ", ".join(f"{task}: {kind}" for task, kind in document.get("kinds", {}).items())
-        lines += [f"### {name}", "", *probe_table(document), "",
-                  f"Best layer (L) of each; probe accuracy on held-out questions ({kinds}; pooling "
-                  f"{document.get('pooling', '-')}); lens: the layer read through the final norm and unembedding"
-                  f"{DEPTH_NOTE if any('depth' in entry for entry in document['targets'].values()) else ''}.", ""]
-        lines += [f"![probe accuracy vs layer]({path})" for path in plots.get(f"probe:{name}", [])] + [""]
     return lines
 
 
