@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 DEMO_ELEMENTS_DIR ?= runs/demo_elements
 
-.PHONY: setup demo demo-elements test bench
+.PHONY: setup demo demo-elements test bench docs docs-build reference
 
 setup: $(VENV)/.installed
 
@@ -35,3 +35,15 @@ test: setup $(VENV)/.smollm2
 
 bench: setup
 	$(BIN)/python benchmarks/step_bench.py --quick --output runs/bench_quick.json
+
+# The documentation: `make docs` serves it at http://127.0.0.1:8000, `make docs-build` builds it as
+# the tests do (--strict: a broken link or a page missing from nav fails). `make reference`
+# regenerates docs/reference/ from the code (tests/test_docs.py fails when it is out of date).
+docs: setup
+	$(BIN)/mkdocs serve
+
+docs-build: setup
+	$(BIN)/mkdocs build --strict --site-dir build/site
+
+reference: setup
+	$(BIN)/python -m peel.reference docs/reference

@@ -55,9 +55,3 @@ def test_configs_mixing_chat_data_run_on_a_tokenizer_without_a_chat_template():
     assert len(chat) == 2  # seed runs 21 and 22
     assert all(source.template in CHAT_TEMPLATES for source in chat)
 
-
-def test_the_readme_maps_every_real_model_config_to_its_table():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("## Running on the real model", 1)[1].split("\n## ", 1)[0]
-    real = [path.name for path in CONFIGS if not path.name.startswith(("testbed_", "elements_"))]
-    assert real and [name for name in real if f"`{name}`" not in section] == []
