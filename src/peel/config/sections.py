@@ -142,7 +142,7 @@ class UnlearnConfig:
     l2sp_coef: float = option(0.0, "L2-SP: coef * ||w - w0||^2 on the target layer; 0 = off.", NON_NEGATIVE)
     adversary: Literal["none", "finetune", "latent"] = option(
         "none",
-        "Tamper resistance (adversary.py): none; finetune = every adversary_every steps, attack a copy of the trained "
+        "Tamper resistance (unlearning/adversaries.py): none; finetune = every adversary_every steps, attack a copy of the trained "
         "parameters with adversary_steps NLL steps on data.adversary and add the forget gradient at the attacked point "
         "(times adversary_coef); latent = take the forget loss under an L2-bounded perturbation of the target layer's "
         "output that latent_steps of projected gradient descent chose to restore the forget text.",
