@@ -187,3 +187,16 @@ def test_bad_values_give_one_line_and_exit_2(run, tmp_path, capsys):
     result = subprocess.run([sys.executable, "-m", "peel", "distill", str(run), "distill.alpha=2"],
                             capture_output=True, text=True, env=worker_environment())
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_peel_distill_writes_a_card_that_names_the_student_and_its_teacher(run, tmp_path):
+    output = tmp_path / "carded"
+    assert main(["distill", str(run), "--output-dir", str(output), "distill.steps=2", "distill.alpha=0.5",
+                 "distill.per_device_batch_size=4", "distill.global_batch_size=8"]) == 0
+    card = (output / "model" / "README.md").read_text()
+    assert "unlearned by peel, then distilled" in card and "tags:\n- peel\n- unlearning\n- distillation" in card
+    assert "This folder holds a student distilled from an unlearned model (`peel distill`)" in card
+    assert f"| teacher (the unlearned model) | {run.name} |" in card
+    assert "| initial student | (1 - 0.5) x the teacher + 0.5 x a fresh initialisation |" in card
+    assert "| distillation | 2 steps of KL(teacher || student)" in card
+    assert "| forget loss |" in card  # the teacher's unlearning, below the distillation rows
