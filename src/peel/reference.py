@@ -16,10 +16,11 @@ import dataclasses
 import io
 import os
 import sys
-import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
+
+from peel.config import describe
 
 # Help text is wrapped to this width whatever terminal runs the generator, so the pages are stable.
 COLUMNS = 100
@@ -63,22 +64,7 @@ def shown(value: Any) -> str:
 
 
 def type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return " | ".join(f"`{shown(choice)}`" for choice in typing.get_args(hint))
-    if origin in (Union, types.UnionType):
-        return " or ".join(type_name(arm) for arm in typing.get_args(hint))
-    if origin is list:
-        return f"list of {type_name(typing.get_args(hint)[0])}"
-    if origin is dict:
-        return "mapping"
-    if hint is type(None):
-        return "null"
-    if hint is bool:
-        return "true | false"
-    if dataclasses.is_dataclass(hint):
-        return "{" + ", ".join(spec.name for spec in dataclasses.fields(hint)) + "}"
-    return getattr(hint, "__name__", str(hint))
+    return describe(hint, lambda choice: f"`{shown(choice)}`")
 
 
 def cell(text: str) -> str:

@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import yaml
 
@@ -205,14 +205,17 @@ def convert(hint: Any, value: Any, key: str, spec: dataclasses.Field | None = No
     raise TypeError(f"peel.config does not know how to check type {hint!r} (key {key})")
 
 
-def describe(hint: Any) -> str:
+def describe(hint: Any, choice: Callable[[Any], str] = str) -> str:
+    """A type as errors and the reference name what is accepted; `choice` writes each literal choice."""
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return "{" + ", ".join(f.name for f in dataclasses.fields(hint)) + "}"
     if origin is Literal:
-        return " | ".join(map(str, typing.get_args(hint)))
+        return " | ".join(choice(value) for value in typing.get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(arm, choice) for arm in typing.get_args(hint))
     if origin is list:
-        return f"list of {describe(typing.get_args(hint)[0])}"
+        return f"list of {describe(typing.get_args(hint)[0], choice)}"
     if origin is dict:
         return "mapping"
     if hint is type(None):
