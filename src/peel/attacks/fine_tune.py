@@ -157,41 +157,46 @@ def attack_model(
     should_stop: Callable[[], str | None] | None = None,
 ) -> list[dict]:
     """Read the attack's data, fine-tune `model` with `settings` and return the accuracy curve of settings.tasks."""
-    from peel.data import load_texts, tokenize
     from peel.evaluation import evaluate
 
     if not settings.tasks:
         raise PeelError("tamper.tasks is empty; accepted: a list of tasks such as [wmdp_bio_robust, mmlu]")
-    # A count the user gave must be there; the default (what the attack reads) takes what there is.
-    required = settings.num_examples is not None
-    texts = load_texts(settings.data, attack_examples(settings), settings.seed, required)
-    examples = tokenize(texts, tokenizer, settings.max_length)
+    examples = attack_text(settings, tokenizer)
 
     def measure(current) -> dict[str, float]:
         results = evaluate(current, tokenizer, settings.tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit,
                            include_path=evaluation.include_path)
         return results["accuracy"]
 
-    return tamper(
-        model,
-        tokenizer,
-        examples,
-        adapter=settings.adapter,
-        lora_rank=settings.lora_rank,
-        optimizer=settings.optimizer,
-        lr=settings.lr,
-        lr_scheduler=settings.lr_scheduler,
-        warmup=warmup_steps(settings.steps, settings.warmup_ratio, settings.warmup_steps),
-        weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
-        steps=settings.steps,
-        per_device_batch_size=settings.per_device_batch_size,
-        eval_every=settings.eval_every,
-        seed=settings.seed,
-        measure=measure,
-        initial=initial,
-        should_stop=should_stop,
-    )
+    return tamper(model, tokenizer, examples, **loop_settings(settings), measure=measure, initial=initial,
+                  should_stop=should_stop)
+
+
+def attack_text(settings: TamperConfig, tokenizer) -> list[list[int]]:
+    """The attack's examples: tamper.data read and tokenized (a count the user gave must be there;
+    the default, what the attack reads, takes what there is)."""
+    from peel.data import load_texts, tokenize
+
+    texts = load_texts(settings.data, attack_examples(settings), settings.seed, settings.num_examples is not None)
+    return tokenize(texts, tokenizer, settings.max_length)
+
+
+def loop_settings(settings: TamperConfig) -> dict:
+    """`tamper`'s keyword arguments from a tamper section: the loop every training attack runs."""
+    return {
+        "adapter": settings.adapter,
+        "lora_rank": settings.lora_rank,
+        "optimizer": settings.optimizer,
+        "lr": settings.lr,
+        "lr_scheduler": settings.lr_scheduler,
+        "warmup": warmup_steps(settings.steps, settings.warmup_ratio, settings.warmup_steps),
+        "weight_decay": settings.weight_decay,
+        "max_grad_norm": settings.max_grad_norm,
+        "steps": settings.steps,
+        "per_device_batch_size": settings.per_device_batch_size,
+        "eval_every": settings.eval_every,
+        "seed": settings.seed,
+    }
 
 
 def attack_examples(settings: TamperConfig) -> int:
