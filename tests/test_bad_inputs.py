@@ -187,6 +187,13 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("tamper dry run of a bad attack value", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.lr=nan"], "'tamper.lr' got nan"),
     ("tamper dry run of a missing attack file", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.tasks=[testbed_forget]", "tamper.data.path=/nonexistent/attack.jsonl"], "'/nonexistent/attack.jsonl' does not exist"),
     ("tamper without an output folder", lambda w: ["tamper", str(w.model)], "needs --output-dir"),
+    ("tamper unknown option of a kind", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: soft_prompt, adapter: lora}]"], "unknown config key 'tamper.grid[0].adapter' for kind soft_prompt"),
+    ("tamper soft prompt of 0 tokens", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: soft_prompt, tokens: 0}]"], "'tamper.grid[0].tokens' got 0"),
+    ("tamper sparsity 1.5", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--grid", "tamper.kind=prune", "--grid", "tamper.sparsity=1.5"], "'tamper.sparsity' got 1.5; accepted: a number in [0, 1)"),
+    ("tamper sparsity nan", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: prune, sparsity: .nan}]"], "'tamper.grid[0].sparsity' got nan"),
+    ("tamper negative latent epsilon", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: latent, epsilon: -0.1}]"], "'tamper.grid[0].epsilon' got -0.1"),
+    ("tamper prompt template without a question slot", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: prompt, template: 'Answer this.'}]"], "prompt template 'Answer this.' has no {question} slot"),
+    ("tamper prune by change without an original", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: prune, by: change}]"], "attack 'kind=prune,by=change' needs the original model"),
     # probe
     ("probe layer past the model", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[1, 9]"], "probe.layers contains layer 9; the model has layers 0..3"),
     ("probe negative layer", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[-1]"], "'probe.layers[0]' got -1"),
