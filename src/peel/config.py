@@ -315,8 +315,11 @@ class TamperConfig:
         SEED_ATTACK_SWEEP,
         "Attacks, each a mapping of tamper keys that differ from this section, and `kind` (fine_tune, the "
         "default; quantize with bits, group_size; orthogonalize with components, num_examples; few_shot with "
-        "shots) (default: the seed group's standard fine-tuning sweep); [] = one fine-tuning attack with this "
-        "section's settings. peel tamper --grid replaces it.",
+        "shots; prune, WandA or by the unlearning's change, with sparsity, by; prompt, a template around each "
+        "question (jailbreak, expert, prefill, or your own); soft_prompt, trained input embeddings, with tokens, "
+        "lr; latent, a trained residual-stream push, with epsilon, layers, lr) (default: the seed group's "
+        "standard fine-tuning sweep); [] = one fine-tuning attack with this section's settings. peel tamper "
+        "--grid replaces it.",
     )
     adapter: Literal["full", "lora"] = option("full", "Fine-tune all weights or a LoRA adapter on every linear layer.")
     lora_rank: int = option(16, "Rank of the attacker's LoRA adapter (alpha = rank).", AT_LEAST_ONE)
