@@ -193,6 +193,7 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("tamper sparsity nan", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: prune, sparsity: .nan}]"], "'tamper.grid[0].sparsity' got nan"),
     ("tamper negative latent epsilon", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: latent, epsilon: -0.1}]"], "'tamper.grid[0].epsilon' got -0.1"),
     ("tamper prompt template without a question slot", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: prompt, template: 'Answer this.'}]"], "prompt template 'Answer this.' has no {question} slot"),
+    ("tamper eval step after the last", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{steps: 20, eval_steps: [10, 40]}]"], "tamper.eval_steps has step 40, after the attack's last (tamper.steps=20)"),
     ("tamper prune by change without an original", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: prune, by: change}]"], "attack 'kind=prune,by=change' needs the original model"),
     # probe
     ("probe layer past the model", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[1, 9]"], "probe.layers contains layer 9; the model has layers 0..3"),

@@ -278,11 +278,33 @@ def test_the_attack_seed_is_a_grid_key_recorded_in_each_attacks_name_and_setting
     assert [attack.description()["settings"]["seed"] for attack in attacks] == [0, 1, 2, 0, 1, 2]
 
 
-def test_a_dry_run_of_a_1000_step_attack_evaluates_sparsely(world, capsys):
+def test_a_dry_run_of_1000_step_attacks_evaluates_sparsely(world, capsys):
     capsys.readouterr()
     assert main(["tamper", world["model"], "--output-dir", str(world["out"]), *SMALL, world["data"], "tamper.few_shot=[]",
-                 "tamper.steps=1000", "tamper.eval_every=250", "--grid", "tamper.kind=fine_tune,soft_prompt", "--dry-run"]) == 0
+                 "tamper.steps=1000", "tamper.eval_every=250", "--grid", "tamper.kind=fine_tune,soft_prompt",
+                 "--grid", "tamper.eval_steps=[],[10,100,300]", "--dry-run"]) == 0
     output = capsys.readouterr().out
-    # fine-tuning: steps 250, 500, 750, 1000; the soft prompt: its own step 0 too; the shared step 0
-    assert "2 attacks: 2 fine-tuning (2000 optimizer steps in all), 0 that train nothing; about 10 evaluations" in output
+    assert "kind=fine_tune,eval_steps=10-100-300: fine_tune (" in output and "steps 1000, eval_steps [10, 100, 300]," in output
+    # fine-tuning every 250 steps: 4; at 10, 100, 300 and the last: 4; the soft prompt each, with its
+    # own step 0: 5 + 5; the shared step 0: 1
+    assert "4 attacks: 4 fine-tuning (4000 optimizer steps in all), 0 that train nothing; about 19 evaluations" in output
     assert not world["out"].exists()
+
+
+def test_an_attack_evaluates_at_its_eval_steps_and_its_last(world):
+    model, tokenizer = loaded(world["model"])
+    calls = []
+
+    def measure(_):
+        calls.append(1)
+        return {"evaluation": len(calls)}
+
+    curve = fine_tune.tamper(model, tokenizer, attack_text(tokenizer), adapter="full", lr=1e-4, steps=7, per_device_batch_size=4,
+                             eval_every=1, eval_steps=[2, 5], seed=0, measure=measure)
+    assert [row["step"] for row in curve] == [0, 2, 5, 7] and [row["evaluation"] for row in curve] == [1, 2, 3, 4]
+
+
+def test_eval_steps_are_recorded_only_when_set_so_earlier_attack_files_still_resume():
+    [plain, sparse] = grid_attacks(load_config(None, ["tamper.few_shot=[]"]), ["tamper.eval_steps=[],[10,50]"])
+    assert "eval_steps" not in plain.description()["settings"]
+    assert sparse.description()["settings"]["eval_steps"] == [10, 50]

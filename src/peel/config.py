@@ -347,6 +347,10 @@ class TamperConfig:
     )
     max_length: int = option(512, "Tokens per attack example.", AT_LEAST_ONE)
     eval_every: int = option(10, "Evaluate every N attack steps (and at step 0 and the last step).", AT_LEAST_ONE)
+    eval_steps: list[int] = option(
+        [], "Steps to evaluate at instead, besides step 0 and the last: sparse points for a long attack, e.g. "
+        "[10, 30, 100, 300] of 1000 steps; [] = every eval_every.", AT_LEAST_ONE,
+    )
     dtype: Literal["bfloat16", "float32"] | None = option(
         None, "Weight and compute dtype of the attacked model; null = train.dtype."
     )
@@ -360,6 +364,11 @@ class TamperConfig:
 
         for index, point in enumerate(self.grid):
             point_settings(self, point, f"tamper.grid[{index}]")
+        # One attack's settings (a grid's are checked as each point's attack is built).
+        late = [step for step in self.eval_steps if step > self.steps]
+        if not self.grid and late:
+            raise PeelError(f"tamper.eval_steps has step {late[0]}, after the attack's last (tamper.steps={self.steps}); "
+                            "accepted: steps up to tamper.steps")
 
 
 @dataclass

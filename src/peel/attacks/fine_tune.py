@@ -89,6 +89,7 @@ def tamper(
     eval_every: int,
     seed: int,
     measure: Callable[[torch.nn.Module], dict[str, float]],
+    eval_steps: list[int] = (),
     lora_rank: int = 16,
     optimizer: str = "adamw",
     lr_scheduler: str = "constant",
@@ -98,7 +99,8 @@ def tamper(
     initial: dict[str, float] | None = None,
     should_stop: Callable[[], str | None] | None = None,
 ) -> list[dict]:
-    """Fine-tune `model` in place; return [{"step", **measure(model)}] at step 0, every `eval_every` and the last.
+    """Fine-tune `model` in place; return [{"step", **measure(model)}] at step 0, every `eval_every`
+    (or at `eval_steps`, when given) and the last.
 
     `initial`, when given, is step 0's measurement (the untouched model, measured once for a whole
     grid). `should_stop` is asked after every step; when it names a reason, the attack is dropped
@@ -119,6 +121,7 @@ def tamper(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer_ = OPTIMIZERS[optimizer](parameters, lr, weight_decay)
     scheduler = make_scheduler(lr_scheduler, optimizer_, warmup, steps)
+    evaluated = evaluated_steps(steps, eval_every, eval_steps)
     history = [{"step": 0, **(initial if initial is not None else measure(model))}]
     stream = batches(examples, per_device_batch_size, seed)
     model.train()
@@ -140,12 +143,18 @@ def tamper(
         reason = should_stop() if should_stop is not None else None
         if reason:
             raise Preempted(f"stopped by {reason} during an attack, at step {step} (that attack is dropped)")
-        if step % eval_every == 0 or step == steps:
+        if step in evaluated:
             history.append({"step": step, **measure(model)})
             print(f"tamper step {step}: loss {loss.item():.4f} " + " ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "step"))
             model.train()
     model.eval()
     return history
+
+
+def evaluated_steps(steps: int, eval_every: int, eval_steps: list[int] = ()) -> set[int]:
+    """The steps after 0 an attack evaluates: `eval_steps` when given, else every `eval_every`; and the last."""
+    chosen = {step for step in eval_steps if step <= steps} if eval_steps else set(range(eval_every, steps + 1, eval_every))
+    return chosen | ({steps} if steps else set())
 
 
 def attack_model(
@@ -195,6 +204,7 @@ def loop_settings(settings: TamperConfig) -> dict:
         "steps": settings.steps,
         "per_device_batch_size": settings.per_device_batch_size,
         "eval_every": settings.eval_every,
+        "eval_steps": settings.eval_steps,
         "seed": settings.seed,
     }
 
@@ -215,9 +225,9 @@ def untouched(settings: dict) -> bool:
 
 
 def evaluations(attack) -> int:
-    """The steps after 0 that `tamper` evaluates: every eval_every, and the last."""
-    steps, every = attack.settings.steps, attack.settings.eval_every
-    return len({*range(every, steps + 1, every), *([steps] if steps else [])})
+    """The steps after 0 that `tamper` evaluates."""
+    settings = attack.settings
+    return len(evaluated_steps(settings.steps, settings.eval_every, settings.eval_steps))
 
 
 def corpus(attack) -> tuple:

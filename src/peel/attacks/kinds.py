@@ -19,8 +19,11 @@ from peel.errors import PeelError
 
 DEFAULT_KIND = "fine_tune"
 FEW_SHOT = "few_shot"  # the kind of tamper.few_shot's attacks
+# Tamper keys added after attack files were first written, recorded only when set (unset, they
+# change nothing), so a grid's earlier attack files still match their attacks and resume.
+UNSET_LATER_KEYS = {"eval_steps": []}
 # The tamper keys a kind that trains its own tensors with the fine-tuning loop reads (its lr is its own).
-TRAINING_KEYS = ("tasks", "dtype", "data", "max_length", "seed", "steps", "eval_every", "per_device_batch_size",
+TRAINING_KEYS = ("tasks", "dtype", "data", "max_length", "seed", "steps", "eval_every", "eval_steps", "per_device_batch_size",
                  "num_examples", "epochs", "optimizer", "lr_scheduler", "warmup_ratio", "warmup_steps", "weight_decay",
                  "max_grad_norm")
 
@@ -110,6 +113,7 @@ def description(name: str, settings: TamperConfig, options: Any) -> dict:
     tamper = {key: value for key, value in flatten(to_dict(settings)).items() if key.split(".")[0] not in ("grid", "few_shot")}
     if entry.tamper_keys is not None:
         tamper = {key: value for key, value in tamper.items() if key.split(".")[0] in entry.tamper_keys}
+    tamper = {key: value for key, value in tamper.items() if not (key in UNSET_LATER_KEYS and value == UNSET_LATER_KEYS[key])}
     return {**own, **tamper}
 
 

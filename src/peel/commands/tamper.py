@@ -18,7 +18,7 @@ attacks. Attacks:
     (lm-eval num_fewshot); 0 shots is the model as it is, also step 0 of every fine-tuning attack;
   - fine-tuning: one attack per grid point, on tamper.data (forget-domain text; retain or general
     text makes it a benign attack), evaluating tamper.tasks at step 0 and every tamper.eval_every
-    steps. The grid: --grid tamper.KEY=V1,V2 (repeatable; every combination), else tamper.grid (a
+    steps (or at tamper.eval_steps, e.g. [10, 30, 100, 300] of a 1000-step attack). The grid: --grid tamper.KEY=V1,V2 (repeatable; every combination), else tamper.grid (a
     list of attacks; default: the seed group's standard sweep of seven, warmup as a share of
     tamper.steps); tamper.grid=[] is one attack with the section's settings;
   - no training, a grid entry with a kind, evaluated once (step 0):
