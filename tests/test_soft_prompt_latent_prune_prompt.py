@@ -308,3 +308,12 @@ def test_eval_steps_are_recorded_only_when_set_so_earlier_attack_files_still_res
     [plain, sparse] = grid_attacks(load_config(None, ["tamper.few_shot=[]"]), ["tamper.eval_steps=[],[10,50]"])
     assert "eval_steps" not in plain.description()["settings"]
     assert sparse.description()["settings"]["eval_steps"] == [10, 50]
+
+
+def test_latent_layers_outside_the_model_are_refused_before_anything_loads(world, capsys):
+    command = ["tamper", world["model"], "--output-dir", str(world["out"]), *SMALL, world["data"],
+               "tamper.grid=[{kind: latent, layers: [0, 5]}]"]
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "attack 'kind=latent,layers=0-5' layers contains layer 5; the model has layers 0..1" in error
+    assert error.count("\n") == 1 and not world["out"].exists()
