@@ -17,6 +17,7 @@ compares every weight, which is its cost).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -45,9 +46,10 @@ def overrides(steps: int, eval_every: int, limit: int) -> list[str]:
             "tamper.max_length=128", "tamper.dtype=float32", f"eval.limit={limit}", f"tamper.grid={GRID}"]
 
 
-def counting_evaluations() -> list:
-    """peel.evaluation.evaluate (what the fine-tuning loop and every Session.accuracy call) recording,
-    in the returned list, the tasks of each call: one evaluation each."""
+@contextlib.contextmanager
+def counting_evaluations():
+    """Within the `with`, peel.evaluation.evaluate (what the fine-tuning loop and every
+    Session.accuracy call) records in the list it yields the tasks of each call: one evaluation each."""
     import peel.evaluation
 
     calls, evaluate = [], peel.evaluation.evaluate
@@ -57,7 +59,10 @@ def counting_evaluations() -> list:
         return evaluate(model, tokenizer, tasks, *args, **kwargs)
 
     peel.evaluation.evaluate = counted
-    return calls
+    try:
+        yield calls
+    finally:
+        peel.evaluation.evaluate = evaluate
 
 
 def timed(run) -> tuple[object, dict]:
@@ -66,36 +71,41 @@ def timed(run) -> tuple[object, dict]:
     return result, {"wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)}
 
 
-def main() -> None:
+def measure(target_plan) -> dict:
+    """One evaluation of the untouched model, then every attack of the plan: wall and CPU seconds, evaluations."""
+    settings = target_plan.attacks[0].settings
+    model, tokenizer = load_target_model(target_plan.target, settings.dtype)
+    session = Session(model, tokenizer, target_plan.target.config.eval, list(settings.tasks), {}, ())
+    rows = {}
+    with counting_evaluations() as calls:
+        untouched, rows["evaluation"] = timed(lambda: session.accuracy(list(settings.tasks)))
+        rows["evaluation"].update(kind="evaluation", evaluations=1, task_evaluations=len(settings.tasks), last=untouched)
+        del model, session
+        for attack in target_plan.attacks:
+            calls.clear()
+            record, rows[attack.name] = timed(lambda attack=attack: run_attack(target_plan, attack, {}))
+            rows[attack.name].update(kind=attack.kind, evaluations=len(calls), task_evaluations=sum(map(len, calls)),
+                                     last=record["curve"][-1])
+            print(f"{attack.name}: {rows[attack.name]['wall_s']} s wall, {rows[attack.name]['cpu_s']} s CPU", flush=True)
+    return rows
+
+
+def main(arguments: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="training attacks' steps (fine_tune, soft_prompt, latent)")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--limit", type=int, default=100, help="questions per task (eval.limit)")
     parser.add_argument("--output", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(arguments)
 
     with tempfile.TemporaryDirectory() as folder:
         [target_plan] = plan_attacks([TARGET], overrides(args.steps, args.eval_every, args.limit), [], folder, TARGET)
-    settings = target_plan.attacks[0].settings
-    model, tokenizer = load_target_model(target_plan.target, settings.dtype)
-    session = Session(model, tokenizer, target_plan.target.config.eval, list(settings.tasks), {}, ())
-    calls = counting_evaluations()
-    rows = {}
-    untouched, rows["evaluation"] = timed(lambda: session.accuracy(list(settings.tasks)))
-    rows["evaluation"].update(kind="evaluation", evaluations=1, task_evaluations=len(settings.tasks), last=untouched)
-    del model, session
-    for attack in target_plan.attacks:
-        calls.clear()
-        record, rows[attack.name] = timed(lambda attack=attack: run_attack(target_plan, attack, {}))
-        rows[attack.name].update(kind=attack.kind, evaluations=len(calls), task_evaluations=sum(map(len, calls)),
-                                 last=record["curve"][-1])
-        print(f"{attack.name}: {rows[attack.name]['wall_s']} s wall, {rows[attack.name]['cpu_s']} s CPU", flush=True)
     result = {
         "target": TARGET,
         "settings": {"steps": args.steps, "eval_every": args.eval_every, "eval_limit": args.limit,
                      "per_device_batch_size": 4, "max_length": 128, "dtype": "float32",
                      "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-        "attacks": rows,
+        "attacks": measure(target_plan),
         "environment": hardware.environment(SimpleNamespace(device="cpu")),
         "torch_threads": torch.get_num_threads(),
     }
