@@ -5,11 +5,12 @@ question goes as the task writes it (question, choices, "Answer:"). A point that
 plain `{kind: prompt}`, stands for one attack per built-in template. The built-ins are the
 input-space attacks an attacker without the weights tries first:
 
-    jailbreak  refusal-suppression rules before the question (Wei et al. 2023), the co-text style
-               of jailbreak the WMDP paper (Li et al. 2024) tries against unlearned models
+    jailbreak  refusal-suppression rules before the question (after Wei et al. 2023): a stand-in
+               for the WMDP paper's jailbreak (Li et al. 2024), whose wording it does not copy
     expert     an expert persona asked to answer an exam for professionals
     prefill    the answer's lead-in written for the model after the question's answer cue, as a
-               prefilling attack does (one of Che et al. 2025's input-space attacks)
+               prefilling attack does (one of Che et al. 2025's input-space attacks); made for
+               multiple-choice prompts ending in "Answer:", it breaks a cloze task's sentence
 
 As a few-shot attack's, a prompted model's row holds the prompted forget tasks and the untouched
 model's retain task.
