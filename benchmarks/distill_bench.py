@@ -37,7 +37,7 @@ from stepbench.workload import Settings, batches, build_model, tensor_bytes  # n
 from step_bench import PRESETS  # noqa: E402
 
 from peel.distill import Network, StudentForward, kl_backward  # noqa: E402
-from peel.models import find_anatomy  # noqa: E402
+from peel.anatomy import find_anatomy  # noqa: E402
 
 VARIANTS = ("peel_lora", "peel_full", "distill")
 BASELINE = "peel_lora"

@@ -139,7 +139,7 @@ def test_orthogonalize_layers_outside_the_model_are_refused_before_anything_load
 
 
 @pytest.mark.parametrize("grid, message", [
-    ("[{kind: prune}]", "'tamper.grid[0].kind' got 'prune'; accepted: " + ", ".join(kinds.KINDS)),
+    ("[{kind: pruning}]", "'tamper.grid[0].kind' got 'pruning'; accepted: " + ", ".join(kinds.KINDS)),
     ("[{kind: quantize, bits: 5}]", "'tamper.grid[0].bits' got 5; accepted: 2, 3, 4, 8, 16"),
     ("[{kind: quantize, bits: 4, lr: 1e-3}]", "unknown config key 'tamper.grid[0].lr' for kind quantize"),
     ("[{kind: quantize, group_size: -1}]", "'tamper.grid[0].group_size' got -1"),

@@ -87,6 +87,25 @@ def test_adversary_benchmark_reports_every_adversary(tmp_path):
     assert row["time_vs_none"]["finetune"] > 1 and row["time_vs_none"]["latent"] > 1  # both run extra passes
 
 
+def test_attack_cost_benchmark_times_every_kind_and_counts_its_evaluations(tmp_path):
+    spec = importlib.util.spec_from_file_location("attack_cost_bench", BENCHMARK.parent / "attack_cost_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    output = tmp_path / "attack_cost.json"
+    module.main(["--steps", "2", "--eval-every", "2", "--limit", "4", "--output", str(output)])
+
+    rows = json.loads(output.read_text())["attacks"]
+    assert {row["kind"] for row in rows.values()} == {"evaluation", "fine_tune", "soft_prompt", "latent", "prune", "prompt"}
+    assert all(row["wall_s"] > 0 and row["cpu_s"] > 0 for row in rows.values())
+    # steps 0 and 2 of each training attack; the prompt attack's untouched row and its prompted forget task
+    assert [rows[name]["evaluations"] for name in ("kind=fine_tune", "kind=soft_prompt", "kind=latent")] == [2, 2, 2]
+    assert (rows["kind=prompt,template=prefill"]["evaluations"], rows["kind=prompt,template=prefill"]["task_evaluations"]) == (2, 3)
+    import peel.evaluation
+    from peel.evaluation.harness import evaluate
+
+    assert peel.evaluation.evaluate is evaluate  # the counting is undone
+
+
 def test_long_preset_is_the_issues_shape():
     settings, _ = load_benchmark().parse_settings(["--preset", "long", "--threads", "2"])
     assert (settings.model, settings.batch_size, settings.seq_len) == ("pythia-160m", 2, 2048)

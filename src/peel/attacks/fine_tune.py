@@ -103,6 +103,7 @@ def tamper(
     eval_every: int,
     seed: int,
     measure: Callable[[torch.nn.Module], dict[str, float]],
+    eval_steps: list[int] = (),
     lora_rank: int = 16,
     optimizer: str = "adamw",
     lr_scheduler: str = "constant",
@@ -112,7 +113,8 @@ def tamper(
     initial: dict[str, float] | None = None,
     should_stop: Callable[[], str | None] | None = None,
 ) -> list[dict]:
-    """Fine-tune `model` in place; return [{"step", **measure(model)}] at step 0, every `eval_every` and the last.
+    """Fine-tune `model` in place; return [{"step", **measure(model)}] at step 0, every `eval_every`
+    (or at `eval_steps`, when given) and the last.
 
     `initial`, when given, is step 0's measurement (the untouched model, measured once for a whole
     grid). `should_stop` is asked after every step; when it names a reason, the attack is dropped
@@ -135,6 +137,7 @@ def tamper(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer_ = OPTIMIZERS[optimizer](parameters, lr, weight_decay)
     scheduler = make_scheduler(lr_scheduler, optimizer_, warmup, steps)
+    evaluated = evaluated_steps(steps, eval_every, eval_steps)
     history = [{"step": 0, **(initial if initial is not None else measure(model))}]
     stream = batches(examples, per_device_batch_size, seed)
     model.train()
@@ -156,12 +159,18 @@ def tamper(
         reason = should_stop() if should_stop is not None else None
         if reason:
             raise Preempted(f"stopped by {reason} during an attack, at step {step} (that attack is dropped)")
-        if step % eval_every == 0 or step == steps:
+        if step in evaluated:
             history.append({"step": step, **measure(model)})
             print(f"tamper step {step}: loss {loss.item():.4f} " + " ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "step"))
             model.train()
     model.eval()
     return history
+
+
+def evaluated_steps(steps: int, eval_every: int, eval_steps: list[int] = ()) -> set[int]:
+    """The steps after 0 an attack evaluates: `eval_steps` when given, else every `eval_every`; and the last."""
+    chosen = {step for step in eval_steps if step <= steps} if eval_steps else set(range(eval_every, steps + 1, eval_every))
+    return chosen | ({steps} if steps else set())
 
 
 def attack_model(
@@ -173,41 +182,47 @@ def attack_model(
     should_stop: Callable[[], str | None] | None = None,
 ) -> list[dict]:
     """Read the attack's data, fine-tune `model` with `settings` and return the accuracy curve of settings.tasks."""
-    from peel.data import load_texts, tokenize
     from peel.evaluation import evaluate
 
     if not settings.tasks:
         raise PeelError("tamper.tasks is empty; accepted: a list of tasks such as [wmdp_bio_robust, mmlu]")
-    # A count the user gave must be there; the default (what the attack reads) takes what there is.
-    required = settings.num_examples is not None
-    texts = load_texts(settings.data, attack_examples(settings), settings.seed, required)
-    examples = tokenize(texts, tokenizer, settings.max_length)
+    examples = attack_text(settings, tokenizer)
 
     def measure(current) -> dict[str, float]:
         results = evaluate(current, tokenizer, settings.tasks, evaluation.batch_size, evaluation.max_length, evaluation.limit,
                            include_path=evaluation.include_path)
         return results["accuracy"]
 
-    return tamper(
-        model,
-        tokenizer,
-        examples,
-        adapter=settings.adapter,
-        lora_rank=settings.lora_rank,
-        optimizer=settings.optimizer,
-        lr=settings.lr,
-        lr_scheduler=settings.lr_scheduler,
-        warmup=warmup_steps(settings.steps, settings.warmup_ratio, settings.warmup_steps),
-        weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
-        steps=settings.steps,
-        per_device_batch_size=settings.per_device_batch_size,
-        eval_every=settings.eval_every,
-        seed=settings.seed,
-        measure=measure,
-        initial=initial,
-        should_stop=should_stop,
-    )
+    return tamper(model, tokenizer, examples, **loop_settings(settings), measure=measure, initial=initial,
+                  should_stop=should_stop)
+
+
+def attack_text(settings: TamperConfig, tokenizer) -> list[list[int]]:
+    """The attack's examples: tamper.data read and tokenized (a count the user gave must be there;
+    the default, what the attack reads, takes what there is)."""
+    from peel.data import load_texts, tokenize
+
+    texts = load_texts(settings.data, attack_examples(settings), settings.seed, settings.num_examples is not None)
+    return tokenize(texts, tokenizer, settings.max_length)
+
+
+def loop_settings(settings: TamperConfig) -> dict:
+    """`tamper`'s keyword arguments from a tamper section: the loop every training attack runs."""
+    return {
+        "adapter": settings.adapter,
+        "lora_rank": settings.lora_rank,
+        "optimizer": settings.optimizer,
+        "lr": settings.lr,
+        "lr_scheduler": settings.lr_scheduler,
+        "warmup": warmup_steps(settings.steps, settings.warmup_ratio, settings.warmup_steps),
+        "weight_decay": settings.weight_decay,
+        "max_grad_norm": settings.max_grad_norm,
+        "steps": settings.steps,
+        "per_device_batch_size": settings.per_device_batch_size,
+        "eval_every": settings.eval_every,
+        "eval_steps": settings.eval_steps,
+        "seed": settings.seed,
+    }
 
 
 def attack_examples(settings: TamperConfig) -> int:
@@ -226,9 +241,9 @@ def untouched(settings: dict) -> bool:
 
 
 def evaluations(attack) -> int:
-    """The steps after 0 that `tamper` evaluates: every eval_every, and the last."""
-    steps, every = attack.settings.steps, attack.settings.eval_every
-    return len({*range(every, steps + 1, every), *([steps] if steps else [])})
+    """The steps after 0 that `tamper` evaluates."""
+    settings = attack.settings
+    return len(evaluated_steps(settings.steps, settings.eval_every, settings.eval_steps))
 
 
 def corpus(attack) -> tuple:

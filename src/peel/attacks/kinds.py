@@ -13,12 +13,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from peel.attacks import few_shot, fine_tune, orthogonalize, quantize
+from peel.attacks import few_shot, fine_tune, latent, orthogonalize, prompt, prune, quantize, soft_prompt
 from peel.config import GRID_WIDE_KEYS, TamperConfig, build, deep_merge, flatten, to_dict
 from peel.errors import PeelError
 
 DEFAULT_KIND = "fine_tune"
 FEW_SHOT = "few_shot"  # the kind of tamper.few_shot's attacks
+# Tamper keys added after attack files were first written, recorded only when set (unset, they
+# change nothing), so a grid's earlier attack files still match their attacks and resume.
+UNSET_LATER_KEYS = {"eval_steps": []}
+# The tamper keys a kind that trains its own tensors with the fine-tuning loop reads (its lr is its own).
+TRAINING_KEYS = ("tasks", "dtype", "data", "max_length", "seed", "steps", "eval_every", "eval_steps", "per_device_batch_size",
+                 "num_examples", "epochs", "optimizer", "lr_scheduler", "warmup_ratio", "warmup_steps", "weight_decay",
+                 "max_grad_norm")
 
 
 @dataclass(frozen=True)
@@ -27,11 +34,12 @@ class Kind:
     tamper_keys: tuple[str, ...] | None  # the tamper keys its numbers depend on; None: every one of one attack
     run: Callable  # (Attack, Session) -> {"curve": [...], ["error": why it ended early]}
     untouched: Callable[[dict], bool]  # from a record's settings: is step 0 of its curve the model as it is?
-    corpus: Callable | None = None  # (Attack) -> (DataSource, examples, seed, required) it reads, found before loading
-    needs_original: bool = False  # it compares the target with the model it was made from
+    corpus: Callable | None = None  # (Attack) -> (DataSource, examples, seed, required) it reads, or None; found before loading
+    needs_original: bool | Callable = False  # it compares the target with the model it was made from (or (Attack) -> whether)
     # (Attack) -> evaluations it runs after step 0; None: one, or none when it leaves the model as it is
     evaluations: Callable | None = None
     check: Callable | None = None  # (options, num_layers, where) -> None: refuses options the target's model cannot take
+    variants: Callable | None = None  # (options) -> [(name suffix, options)]: the attacks one grid point stands for
 
 
 KINDS = {
@@ -41,6 +49,13 @@ KINDS = {
     "orthogonalize": Kind(orthogonalize.Options, ("tasks", "dtype", "data", "max_length", "seed"),
                           orthogonalize.run, orthogonalize.untouched, orthogonalize.corpus, needs_original=True,
                           check=orthogonalize.check),
+    "soft_prompt": Kind(soft_prompt.Options, TRAINING_KEYS, soft_prompt.run, soft_prompt.untouched, fine_tune.corpus,
+                        evaluations=soft_prompt.evaluations),
+    "latent": Kind(latent.Options, TRAINING_KEYS, latent.run, latent.untouched, fine_tune.corpus, evaluations=latent.evaluations,
+                   check=latent.check),
+    "prune": Kind(prune.Options, ("tasks", "dtype", "data", "max_length", "seed"), prune.run, prune.untouched, prune.corpus,
+                  needs_original=prune.needs_original),
+    "prompt": Kind(prompt.Options, ("tasks", "dtype"), prompt.run, prompt.untouched, variants=prompt.variants),
 }
 
 
@@ -48,6 +63,18 @@ def kind(name: str, where: str = "tamper.kind") -> Kind:
     if name not in KINDS:
         raise PeelError(f"config key {where!r} got {name!r}; accepted: {', '.join(KINDS)}")
     return KINDS[name]
+
+
+def needs_original(attack) -> bool:
+    """Whether an attack compares the target with the model it was made from."""
+    needs = KINDS[attack.kind].needs_original
+    return needs(attack) if callable(needs) else needs
+
+
+def variants(name: str, options: Any) -> list[tuple[str, Any]]:
+    """(name suffix, options) of each attack a grid point of kind `name` stands for: itself alone, for most kinds."""
+    entry = KINDS[name]
+    return entry.variants(options) if entry.variants is not None else [("", options)]
 
 
 def point_settings(section: TamperConfig, point: dict, where: str) -> tuple[str, TamperConfig, Any]:
@@ -86,6 +113,7 @@ def description(name: str, settings: TamperConfig, options: Any) -> dict:
     tamper = {key: value for key, value in flatten(to_dict(settings)).items() if key.split(".")[0] not in ("grid", "few_shot")}
     if entry.tamper_keys is not None:
         tamper = {key: value for key, value in tamper.items() if key.split(".")[0] in entry.tamper_keys}
+    tamper = {key: value for key, value in tamper.items() if not (key in UNSET_LATER_KEYS and value == UNSET_LATER_KEYS[key])}
     return {**own, **tamper}
 
 

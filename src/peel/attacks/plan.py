@@ -89,7 +89,7 @@ def check_models(attacks: list[Attack], targets: list[Target]) -> None:
 
 def check_original(attacks: list[Attack], original: str | None, remedy: str) -> None:
     """A kind that compares the target with its original cannot run without one."""
-    needing = next((attack.name for attack in attacks if kinds.KINDS[attack.kind].needs_original), None)
+    needing = next((attack.name for attack in attacks if kinds.needs_original(attack)), None)
     if needing is not None and original is None:
         raise PeelError(f"attack {needing!r} needs the original model and none is known; accepted: {remedy}")
 
@@ -102,9 +102,10 @@ def check_attack_data(attacks: list[Attack]) -> None:
     checked = set()
     for attack in attacks:
         reads = kinds.KINDS[attack.kind].corpus
-        if reads is None:
+        found = reads(attack) if reads is not None else None
+        if found is None:
             continue
-        source, count, seed, required = reads(attack)
+        source, count, seed, required = found
         key = (json.dumps(to_dict(source), sort_keys=True), count, seed, required)
         if key not in checked:
             load_texts(source, count, seed, required=required)
@@ -132,7 +133,8 @@ def grid_attacks(config: Config, grid_items: list[str], overrides: list[str] = (
     attacks = []
     for (name, point), where in zip([*prompted, *points], ["tamper.few_shot"] * len(prompted) + wheres):
         kind, settings, options = kinds.point_settings(section, point, where)
-        attacks.append(Attack(name, kind, replace(settings, dtype=settings.dtype or section.dtype), options))
+        for suffix, chosen in kinds.variants(kind, options):
+            attacks.append(Attack(name + suffix, kind, replace(settings, dtype=settings.dtype or section.dtype), chosen))
     jobs.check_unique([attack.name for attack in attacks], "attack name")
     return attacks
 

@@ -38,12 +38,13 @@ class Session:
     original: Target | None = None
     dtype: str | None = None
 
-    def accuracy(self, tasks: list[str], shots: int = 0) -> dict[str, float]:
+    def accuracy(self, tasks: list[str], shots: int = 0, template: str | None = None) -> dict[str, float]:
+        """`tasks`' accuracies, with `shots` examples and each question put into `template` when given."""
         from peel.evaluation import evaluate
 
         evaluation = self.evaluation
         return evaluate(self.model, self.tokenizer, tasks, evaluation.batch_size, evaluation.max_length,
-                        evaluation.limit, shots, evaluation.include_path)["accuracy"]
+                        evaluation.limit, shots, evaluation.include_path, template)["accuracy"]
 
     def known_untouched(self) -> dict[str, float] | None:
         """The untouched model's accuracies when another attack of the grid measured them."""

@@ -9,7 +9,8 @@ from peel.commands.arguments import TargetsAndOverrides
 from peel.errors import PeelError
 from peel.runs.folder import TAMPER_FILE
 
-HELP = "Attack models with a grid of fine-tuning, few-shot, quantization and orthogonalization attacks; report the worst case."
+HELP = ("Attack models with a grid of fine-tuning, few-shot, quantization, orthogonalization, pruning, prompt, "
+        "soft-prompt and latent attacks; report the worst case.")
 DESCRIPTION = """\
 Attack each TARGET (a run folder, a model folder, a hub id or testbed:NAME) with every attack of
 a grid and report the worst case: at each evaluated step, each task's highest accuracy over the
@@ -18,7 +19,7 @@ attacks. Attacks:
     (lm-eval num_fewshot); 0 shots is the model as it is, also step 0 of every fine-tuning attack;
   - fine-tuning: one attack per grid point, on tamper.data (forget-domain text; retain or general
     text makes it a benign attack), evaluating tamper.tasks at step 0 and every tamper.eval_every
-    steps. The grid: --grid tamper.KEY=V1,V2 (repeatable; every combination), else tamper.grid (a
+    steps (or at tamper.eval_steps, e.g. [10, 30, 100, 300] of a 1000-step attack). The grid: --grid tamper.KEY=V1,V2 (repeatable; every combination), else tamper.grid (a
     list of attacks; default: the seed group's standard sweep of seven, warmup as a share of
     tamper.steps); tamper.grid=[] is one attack with the section's settings;
   - no training, a grid entry with a kind, evaluated once (step 0):
@@ -26,7 +27,16 @@ attacks. Attacks:
     each linear weight of the decoder layers rounded to that many bits and back (rtn_absmax);
     {kind: orthogonalize, components: 1} (num_examples 64): the top principal components of
     (target - original) hidden states on tamper.data projected out of every layer's output; the
-    original is --baseline MODEL or the model a run folder unlearned.
+    original is --baseline MODEL or the model a run folder unlearned;
+    {kind: prune, sparsity: 0.1} (by: wanda, or change = where the unlearning changed the weights
+    most, which needs the original): that share of each decoder weight row set to zero;
+    {kind: prompt} (template: jailbreak, expert, prefill or your own text with {question}; none =
+    one attack per built-in one): each forget question put into the template;
+  - trained perturbations, the weights untouched, evaluated like fine-tuning with their own lr:
+    {kind: soft_prompt, tokens: 16}: input embeddings before every prompt;
+    {kind: latent, epsilon: 0.1}: a vector per layer added to the residual stream, at most epsilon
+    x each token's hidden-state norm.
+The attack's seed is a grid key too: --grid tamper.seed=0,1,2.
 
 tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]);
 your own lm-eval task YAMLs are found with eval.include_path=FOLDER.

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from peel.config.fields import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, option
 from peel.config.sections import DataSource
+from peel.errors import PeelError
 
 
 # The seed group's standard attack sweep (research-line-2026.md), as tamper.grid's default. Their
@@ -50,8 +51,11 @@ class TamperConfig:
         SEED_ATTACK_SWEEP,
         "Attacks, each a mapping of tamper keys that differ from this section, and `kind` (fine_tune, the "
         "default; quantize with bits, group_size; orthogonalize with components, num_examples; few_shot with "
-        "shots) (default: the seed group's standard fine-tuning sweep); [] = one fine-tuning attack with this "
-        "section's settings. peel tamper --grid replaces it.",
+        "shots; prune, WandA or by the unlearning's change, with sparsity, by; prompt, a template around each "
+        "question (jailbreak, expert, prefill, or your own); soft_prompt, trained input embeddings, with tokens, "
+        "lr; latent, a trained residual-stream push, with epsilon, layers, lr) (default: the seed group's "
+        "standard fine-tuning sweep); [] = one fine-tuning attack with this section's settings. peel tamper "
+        "--grid replaces it.",
     )
     adapter: Literal["full", "lora"] = option("full", "Fine-tune all weights or a LoRA adapter on every linear layer.")
     lora_rank: int = option(16, "Rank of the attacker's LoRA adapter (alpha = rank).", AT_LEAST_ONE)
@@ -79,10 +83,22 @@ class TamperConfig:
     )
     max_length: int = option(512, "Tokens per attack example.", AT_LEAST_ONE)
     eval_every: int = option(10, "Evaluate every N attack steps (and at step 0 and the last step).", AT_LEAST_ONE)
+    eval_steps: list[int] = option(
+        [], "Steps to evaluate at instead, besides step 0 and the last: sparse points for a long attack, e.g. "
+        "[10, 30, 100, 300] of 1000 steps; [] = every eval_every.", AT_LEAST_ONE,
+    )
     dtype: Literal["bfloat16", "float32"] | None = option(
         None, "Weight and compute dtype of the attacked model; null = train.dtype."
     )
     seed: int = option(0, "Seed for the attack's data order and adapter initialisation.", NON_NEGATIVE)
+
+    def validate(self) -> None:
+        """One attack's settings (a grid's points are checked as each point's attack is built, where
+        the grid is planned)."""
+        late = [step for step in self.eval_steps if step > self.steps]
+        if not self.grid and late:
+            raise PeelError(f"tamper.eval_steps has step {late[0]}, after the attack's last (tamper.steps={self.steps}); "
+                            "accepted: steps up to tamper.steps")
 
 
 def split_tasks(tasks: list[str]) -> tuple[list[str], str | None]:

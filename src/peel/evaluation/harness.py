@@ -69,6 +69,7 @@ def evaluate(
     limit: int | None = None,
     num_fewshot: int = 0,
     include_path: str | None = None,
+    template: str | None = None,
 ) -> dict | None:
     """Accuracy of `model` on each task and group, with `num_fewshot` answered examples before each question.
 
@@ -76,6 +77,7 @@ def evaluate(
     lm-eval draws them from the test split without leaving out the question being asked. Their
     YAMLs also leave num_fewshot unset, since lm-eval ignores the argument for a task whose YAML
     says 0. `include_path` is a folder of the user's own task YAMLs (eval.include_path).
+    `template`, a text with a {question} slot, is put around every question (`templated_questions`).
 
     Returns {"tasks", "accuracy": {requested name: acc}, "details": {every task and group:
     {"accuracy", "metric", "stderr", "samples"[, "correct_prob", "subtasks"]}}, "correct_prob",
@@ -96,7 +98,7 @@ def evaluate(
     was_training = network.training
     network.eval()
     try:
-        with quiet_lm_eval():
+        with quiet_lm_eval(), templated_questions(template):
             language_model = HFLM(pretrained=network, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
             output = lm_eval.simple_evaluate(
                 model=language_model,
@@ -130,6 +132,33 @@ def evaluate_with(model, tokenizer, settings) -> dict | None:
     """`evaluate` with the tasks, batch size, context length, limit and task folder of an `eval` config section."""
     return evaluate(model, tokenizer, settings.tasks, settings.batch_size, settings.max_length, settings.limit,
                     include_path=settings.include_path)
+
+
+QUESTION_SLOT = "{question}"
+
+
+@contextlib.contextmanager
+def templated_questions(template: str | None):
+    """Within the `with`, every task's question text (its doc_to_text: the question, its choices
+    and the answer cue, as the task writes them) is put into `template` at its {question} slot;
+    None changes nothing. lm-eval builds each request's context from doc_to_text and scores the
+    answer choices after it, so the task is scored exactly as it is, with the template around the
+    question. Patched on lm-eval's configurable task class, which every YAML task is."""
+    if template is None:
+        yield
+        return
+    from unittest import mock
+
+    from lm_eval.api.task import ConfigurableTask
+
+    plain = ConfigurableTask.doc_to_text
+
+    def doc_to_text(self, doc, doc_to_text=None):
+        text = plain(self, doc, doc_to_text)
+        return template.replace(QUESTION_SLOT, text) if isinstance(text, str) else text
+
+    with mock.patch.object(ConfigurableTask, "doc_to_text", doc_to_text):
+        yield
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from peel.unlearning.methods import described, number
 
 # tamper keys worth a fine-tuning attack's one line (the rest are in attacks/grid.json when it runs)
 ATTACK_KEYS = ("adapter", "lora_rank", "optimizer", "lr", "lr_scheduler", "warmup_ratio", "warmup_steps", "steps",
-               "per_device_batch_size", "epochs", "max_grad_norm", "data.path")
+               "eval_steps", "per_device_batch_size", "epochs", "max_grad_norm", "data.path")
 
 
 # resume.folder_state's answers, as a dry run says them
@@ -98,6 +98,7 @@ def attack_line(attack) -> str:
         settings = {key: flat[key] for key in ATTACK_KEYS if key in flat}
         settings.pop("lora_rank" if attack.settings.adapter == "full" else "", None)
         settings.pop("warmup_ratio" if attack.settings.warmup_steps else "warmup_steps", None)  # the one that applies
+        settings.pop("eval_steps" if not attack.settings.eval_steps else "", None)  # shown when it replaces eval_every
     else:
         settings = {key: value for key, value in settings.items() if key not in ("tasks", "dtype") and value is not None}
     shown = ", ".join(f"{key} {number(value)}" for key, value in settings.items())
