@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from peel.config import option
+from peel.config import option, split_tasks
 from peel.errors import PeelError
 
 SLOT = "{question}"  # the slot peel.evaluation.harness fills
@@ -73,8 +73,6 @@ def untouched(settings: dict) -> bool:
 
 
 def run(attack, session) -> dict:
-    from peel.attacks.results import split_tasks
-
     forget_tasks, _ = split_tasks(attack.settings.tasks)
     prompted = session.accuracy(forget_tasks, template=text(attack.options.template))
     return {"curve": [{**session.untouched(), **prompted}]}
