@@ -167,7 +167,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
     order = example_order(plan.num_examples, train.epochs_per_layer, train.seed, phase)
     vocab = weights.anatomy.unembedding.weight.shape[0]
     targets = RandomTargets(train.seed, phase, vocab) if FORGET_OBJECTIVES[unlearn.forget_loss].random_targets else None
-    setting = Phase(
+    this_phase = Phase(
         weights=weights, parallelism=session.parallelism, parameters=parameters, layer=layer, unlearn=unlearn,
         examples_per_process=plan.examples_per_process,
         retain_layers=tuple(retain_layer_set(unlearn.retain_layers, layer, plan.num_layers)),
@@ -175,7 +175,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
         global_batch_size=train.global_batch_size, per_device_batch_size=train.per_device_batch_size,
         attack_text=session.adversary,
     )
-    adversary = ADVERSARIES[unlearn.adversary](setting)
+    adversary = ADVERSARIES[unlearn.adversary](this_phase)
 
     for step_in_phase in range(first_step, plan.steps_per_phase):
         p = progress(step_in_phase, plan.steps_per_phase)
@@ -185,7 +185,7 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
         forget_batches = [session.forget.batch(indices, targets) for indices in micro]
         retain_batches = [session.retain.batch(indices) for indices in micro]
 
-        statistics = compute_gradients(setting, adversary, forget_batches, retain_batches, forget_coef, retain_coef, step_in_phase)
+        statistics = compute_gradients(this_phase, adversary, forget_batches, retain_batches, forget_coef, retain_coef, step_in_phase)
         max_norm = train.max_grad_norm if train.max_grad_norm > 0 else math.inf
         statistics["grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
         statistics = read(statistics)  # the step's one wait for the device
