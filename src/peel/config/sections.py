@@ -140,12 +140,14 @@ class UnlearnConfig:
         "asymmetric = drop forget elements that disagree, keep all retain.",
     )
     l2sp_coef: float = option(0.0, "L2-SP: coef * ||w - w0||^2 on the target layer; 0 = off.", NON_NEGATIVE)
-    adversary: Literal["none", "finetune", "latent"] = option(
+    adversary: Literal["none", "finetune", "latent", "sam"] = option(
         "none",
         "Tamper resistance (unlearning/adversaries.py): none; finetune = every adversary_every steps, attack a copy of the trained "
         "parameters with adversary_steps NLL steps on data.adversary and add the forget gradient at the attacked point "
         "(times adversary_coef); latent = take the forget loss under an L2-bounded perturbation of the target layer's "
-        "output that latent_steps of projected gradient descent chose to restore the forget text.",
+        "output that latent_steps of projected gradient descent chose to restore the forget text; sam = sharpness-aware "
+        "unlearning (Fan et al., ICML 2025): the forget gradient taken at the worst point within sam_rho of the trained "
+        "parameters (one ascent step).",
     )
     adversary_every: int = option(1, "finetune adversary: attack every N optimizer steps of a phase (its first step included).", AT_LEAST_ONE)
     adversary_steps: int = option(4, "finetune adversary: AdamW steps of each simulated attack (batch train.global_batch_size).", AT_LEAST_ONE)
@@ -160,6 +162,19 @@ class UnlearnConfig:
         NON_NEGATIVE,
     )
     latent_steps: int = option(4, "latent adversary: projected gradient steps that choose the perturbation.", AT_LEAST_ONE)
+    sam_rho: float = option(
+        0.01,
+        "sam adversary: radius of the ascent step, the L2 norm over all of the phase's trained parameters (the forget "
+        "gradient normalised to it); 0 = plain peel.",
+        NON_NEGATIVE,
+    )
+    collapse_components: int = option(
+        0,
+        "Representation collapse (after CIR, unlearning/collapse.py): the forget gradient reaching the target layer's output "
+        "is projected off the top K principal components of the original model's hidden states there on the retain corpus "
+        "(computed once per phase); combines with any adversary; 0 = off. At most the model's hidden size.",
+        NON_NEGATIVE,
+    )
 
 
 @dataclass
