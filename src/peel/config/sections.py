@@ -274,6 +274,17 @@ class ProbeConfig:
 
 
 @dataclass
+class GeneratedText:
+    num_texts: int = option(1024, "Texts sampled from the original model (config.model), before forget-keyword texts are dropped.", AT_LEAST_ONE)
+    temperature: float = option(1.0, "Sampling temperature (plain sampling: no top-k, no top-p).", POSITIVE)
+    max_new_tokens: int = option(128, "Tokens the model writes after each prompt (fewer where it ends the text).", AT_LEAST_ONE)
+    prompt_tokens: int = option(
+        8, "Tokens of each prompt: the opening of a retain text (data.retain), or of a neutral seed phrase, in turn.", AT_LEAST_ONE
+    )
+    batch_size: int = option(32, "Prompts sampled together.", AT_LEAST_ONE)
+
+
+@dataclass
 class DistillConfig:
     """peel distill RUN: the unlearned model (RUN/model) is the teacher; the student starts as a
     mix of it and a re-initialised copy and learns the teacher's next-token distributions."""
@@ -284,9 +295,13 @@ class DistillConfig:
         "alpha x re-initialised (the model's own config and init); 0 = the unlearned model, 1 = a fresh init.", FRACTION
     )
     steps: int = option(300, "Distillation optimizer steps; 0 = the mixed model as it is.", NON_NEGATIVE)
-    data: DataSource | None = option(
-        None, "Text the student learns the teacher's logits on; null = the run's data.retain corpus."
+    data: Literal["generated"] | DataSource | None = option(
+        None, "Text the student learns the teacher's logits on: a data source; generated = distill.generated.num_texts texts the "
+        "original model (config.model) writes from the openings of the retain texts and of neutral seed phrases, seeded by "
+        "distill.seed, cached in the output folder's generated.json, texts with a forget keyword (data.forget.keywords) "
+        "dropped; null = the run's data.retain corpus."
     )
+    generated: GeneratedText = option(GeneratedText(), "Sampling of distill.data: generated.")
     num_examples: int | None = option(None, "Texts read from distill.data; null = every usable one.", AT_LEAST_ONE)
     with_forget: bool = option(
         False, "Also distill on the run's data.forget texts (as many as distill.num_examples), where the teacher's "

@@ -119,7 +119,14 @@ def distillation_rows(config: dict, record: dict) -> list[tuple[str, str]]:
     """What made a distilled student: its teacher, the mix it started from, its text and steps."""
     settings = config.get("distill", {})
     data = settings.get("data") or config.get("data", {}).get("retain", {})
-    text = shown(data.get("path")) + (" and the run's forget text" if settings.get("with_forget") else "")
+    if data == "generated":  # texts the original model wrote (distill.generated)
+        sampling = settings.get("generated") or {}
+        text = (f"{record.get('generated_texts', sampling.get('num_texts'))} texts the original model wrote (temperature "
+                f"{sampling.get('temperature')}, up to {sampling.get('max_new_tokens')} new tokens"
+                + (f", {record['generated_dropped']} with a forget keyword dropped" if record.get("generated_dropped") else "") + ")")
+    else:
+        text = shown(data.get("path"))
+    text += " and the run's forget text" if settings.get("with_forget") else ""
     return [
         ("teacher (the unlearned model)", shown(str(Path(record.get("teacher") or settings.get("run") or "").parent))
          if record.get("teacher") else shown(settings.get("run"))),
