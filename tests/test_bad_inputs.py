@@ -134,6 +134,12 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("batch not a multiple", lambda w: unlearn(w, "train.global_batch_size=6"), "global_batch_size=6 is not a multiple"),
     ("more examples than the corpus", lambda w: unlearn(w, "data.num_examples=5000"), "5000 are asked for"),
     ("unknown eval task", lambda w: unlearn(w, "eval.tasks=[testbed_forgett]"), "unknown evaluation task 'testbed_forgett'"),
+    # the resistance methods (unlearn.adversary=sam, unlearn.collapse_components)
+    ("negative sam radius", lambda w: unlearn(w, "unlearn.adversary=sam", "unlearn.sam_rho=-0.1"), "'unlearn.sam_rho' got -0.1"),
+    ("nan sam radius", lambda w: unlearn(w, "unlearn.adversary=sam", "unlearn.sam_rho=nan"), "'unlearn.sam_rho' got nan"),
+    ("negative collapse components", lambda w: unlearn(w, "unlearn.collapse_components=-1"), "'unlearn.collapse_components' got -1"),
+    ("collapse components above the hidden size", lambda w: unlearn(w, "unlearn.collapse_components=33"),
+     "unlearn.collapse_components=33 is larger than the model's hidden size (32); accepted: 0..32"),
     # unlearn: config files
     ("missing config", lambda w: ["unlearn", str(w.root / "nope.yaml")], "nope.yaml' does not exist"),
     ("config not YAML", lambda w: ["unlearn", str(write(w, "broken.yaml", "train: {lr: [\n"))], "broken.yaml"),

@@ -173,6 +173,13 @@ def bad_cases(run: Path, root: Path) -> dict[str, tuple[list[str], str]]:
         "with_forget not a bool": ([str(run), "distill.with_forget=maybe"], "'distill.with_forget' got 'maybe'; accepted: true or false"),
         "missing data": ([str(run), f"distill.data.path={root / 'missing.jsonl'}"], "missing.jsonl' does not exist"),
         "batch shape": ([str(run), "distill.global_batch_size=6", "distill.per_device_batch_size=4"], "is not a multiple of"),
+        "generated 0 texts": ([str(run), "distill.data=generated", "distill.generated.num_texts=0"],
+                              "'distill.generated.num_texts' got 0; accepted: an integer >= 1"),
+        "generated at temperature 0": ([str(run), "distill.data=generated", "distill.generated.temperature=0"],
+                                       "'distill.generated.temperature' got 0.0; accepted: a number > 0"),
+        "generated at a nan temperature": ([str(run), "distill.data=generated", "distill.generated.temperature=nan"],
+                                           "'distill.generated.temperature' got nan"),
+        "data an unknown word": ([str(run), "distill.data=generate"], "'distill.data' got 'generate'; accepted: generated or"),
     }
 
 

@@ -41,3 +41,21 @@ def test_a_choice_shows_the_keys_it_reads_in_the_dry_run_and_the_model_card():
     # plain peel's dry run has no adversary line, as before the adversaries existed
     assert not any(line.startswith("adversary") for line in loss_lines(UnlearnConfig(), None))
     assert methods.chosen_keys(to_dict(unlearn)) == ["npo_beta", "npo_per_token", "retain_layers", "latent_epsilon", "latent_steps"]
+
+
+def test_an_option_is_a_config_key_and_shows_itself_only_when_on():
+    keys = {field for field in UnlearnConfig.__dataclass_fields__}
+    for key, option in methods.OPTIONS.items():
+        assert key in keys and UnlearnConfig.__dataclass_fields__[key].default == option.off
+    unlearn = UnlearnConfig(adversary="sam", sam_rho=0.02, collapse_components=16)
+    lines = loss_lines(unlearn, None)
+    assert lines[-2] == "adversary: sam (sharpness-aware: the forget gradient at the worst point within 0.02 of the trained " \
+                        "parameters, one ascent step)"
+    assert lines[-1].startswith("collapse_components: the forget gradient at the target layer's output projected off the top 16")
+    rows = dict(method_rows({"unlearn": to_dict(unlearn)}, [3, 1]))
+    assert rows["collapse components"].startswith("the forget gradient at the target layer's output projected off the top 16")
+    assert methods.chosen_keys(to_dict(unlearn)) == ["retain_layers", "sam_rho", "collapse_components"]
+    assert "collapse_components" in methods.all_read_keys()
+    # off (and absent from an older run's config): no line, no row
+    assert not any(line.startswith("collapse") for line in loss_lines(UnlearnConfig(), None))
+    assert "collapse components" not in dict(method_rows({"unlearn": {"adversary": "none"}}, [3]))

@@ -2,7 +2,8 @@
 
     setup    check RUN (a completed unlearning run), the output folder, the trackers, the text and
              the batch shape; load the teacher (RUN/model) and make the student: the teacher's
-             weights mixed with a fresh initialisation, (1 - alpha) x unlearned + alpha x fresh
+             weights mixed with a fresh initialisation, (1 - alpha) x unlearned + alpha x fresh;
+             with distill.data: generated, the original model writes the text first (generation.py)
     train    for each optimizer step: KL(teacher || student) of the next-token distributions on
              the step's texts (retain text by default; with distill.with_forget the forget text
              too), averaged per token, then per example
@@ -13,7 +14,9 @@ Unlearning that only hides knowledge leaves it in the weights, where a few steps
 find it again. The student inherits the teacher's behaviour through its outputs on retain text
 only, and a share of its weights is noise: what the teacher hid, and the student was never shown,
 has less left to come back from. With distill.with_forget it is also shown the teacher's unlearned
-outputs on the forget text, as UNDO distills on the whole pretraining mix.
+outputs on the forget text, as UNDO distills on the whole pretraining mix. With distill.data:
+generated it learns on text the original model wrote (far more than the retain passages, and as
+general as the model), texts holding a forget keyword dropped.
 
 The run's life (its folder, checkpoints, resuming after a signal, tracking, the failed or preempted
 run.json) is runs/lifecycle.py's, as `peel unlearn`'s is. Under torchrun each process takes its
@@ -32,18 +35,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from peel import distributed, parallel
+from peel import distributed, generation, parallel
 from peel.attacks.plan import grid_attacks
 from peel.anatomy import Anatomy, final_hidden_states, find_anatomy, logits
-from peel.config import Config
+from peel.config import Config, to_dict
 from peel.data import load_texts, tokenize
 from peel.errors import PeelError, Preempted, RunFailed
 from peel.models import DTYPES, load_model, load_tokenizer, save_model
 from peel.runs import checkpoint, folder as run_folder, lifecycle, preemption, resume, tracking
-from peel.runs.folder import CONFIG_FILE, METRICS_FILE, MODEL_FOLDER, PARTIAL_SUFFIX
+from peel.runs.folder import CONFIG_FILE, GENERATED_FILE, METRICS_FILE, MODEL_FOLDER, PARTIAL_SUFFIX
 from peel.unlearning import losses
 from peel.unlearning.batches import Corpus, example_order, process_share
 from peel.unlearning.chunked import Outputs, chunk_width, token_means
+from peel.unlearning.masks import keyword_pattern, read_keywords
 
 
 @dataclass
@@ -84,11 +88,14 @@ class Prepared:
     teacher: Path  # RUN/model
     folder_state: str  # resume.NEW, RESUME or COMPLETED
     tokenizer: object
-    examples: list[list[int]]
+    examples: list[list[int]]  # with distill.data: generated, only the forget texts of with_forget (the rest come later)
     accumulation: int  # micro-batches per optimizer step on each process
+    prompts: list[list[int]] | None = None  # distill.data: generated: what the original model is prompted with
 
     def describe(self, steps: int, alpha: float) -> str:
-        return (f"teacher {self.teacher}; student (1 - {alpha:g}) x teacher + {alpha:g} x fresh init; {len(self.examples)} texts; "
+        texts = f"{len(self.examples)} texts" if self.prompts is None else \
+            f"{len(self.prompts)} texts the original model writes (generated.json) and {len(self.examples)} more"
+        return (f"teacher {self.teacher}; student (1 - {alpha:g}) x teacher + {alpha:g} x fresh init; {texts}; "
                 f"{steps} optimizer steps, {self.accumulation} micro-batch(es) per step on each process")
 
 
@@ -125,12 +132,44 @@ def prepare(config: Config, force: bool = False) -> Prepared:
                         f"({settings.per_device_batch_size}) x processes ({world}) = {per_step}")
     folder_state = resume.folder_state(output_dir, config, force)
     tokenizer = load_tokenizer(str(teacher))
-    sources = [settings.data if settings.data is not None else config.data.retain]
+    generated = settings.data == "generated"
+    sources = [] if generated else [settings.data if settings.data is not None else config.data.retain]
     if settings.with_forget:
         sources.append(config.data.forget)
     examples = [ids for source in sources
                 for ids in tokenize(load_texts(source, settings.num_examples, settings.seed), tokenizer, config.data.max_length)]
-    return Prepared(teacher, folder_state, tokenizer, examples, settings.global_batch_size // per_step)
+    prompts = None
+    if generated:  # the retain texts' openings: read now, so a bad corpus fails before any weights load
+        openings = tokenize(load_texts(config.data.retain, None, settings.seed), tokenizer, settings.generated.prompt_tokens)
+        prompts = generation.prompts(openings, tokenizer, settings.generated.num_texts, settings.generated.prompt_tokens)
+        if config.data.forget.keywords is not None:
+            read_keywords(config.data.forget.keywords)
+    return Prepared(teacher, folder_state, tokenizer, examples, settings.global_batch_size // per_step, prompts)
+
+
+def generated_examples(config: Config, prepared: Prepared, output_dir: Path, device) -> tuple[list[list[int]], int]:
+    """The texts the original model writes from `prepared.prompts`, tokenized, and how many were dropped
+    for a forget keyword: sampled by the main process into output_dir/generated.json, or read from it
+    when it holds these settings' texts; every process reads the file."""
+    settings, path = config.distill, output_dir / GENERATED_FILE
+    sampling = settings.generated
+    key = {"model": to_dict(config.model), "retain": to_dict(config.data.retain), "keywords": config.data.forget.keywords,
+           "seed": settings.seed, "prompts": len(prepared.prompts), **to_dict(sampling)}
+    pattern = None if config.data.forget.keywords is None else keyword_pattern(read_keywords(config.data.forget.keywords))
+
+    def make():
+        original = lifecycle.load_original(config.model, config.train.dtype).to(device).eval()
+        texts = generation.sample(original, prepared.tokenizer, prepared.prompts, sampling.temperature, sampling.max_new_tokens,
+                                  sampling.batch_size, settings.seed)
+        del original
+        kept = generation.outside(texts, pattern)
+        return kept, len(texts) - len(kept)
+
+    if distributed.is_main():
+        generation.cached(path, key, make)
+    distributed.barrier()
+    document = generation.cached(path, key, make)  # written by now: read, never sampled again
+    return tokenize(document["texts"], prepared.tokenizer, config.data.max_length), document["dropped"]
 
 
 def initial_student(teacher: Path, dtype: str, alpha: float, seed: int) -> nn.Module:
@@ -182,12 +221,16 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
 
     tracker = lifecycle.open_run(output_dir, config, saved, prepared.folder_state == resume.RESUME, started, device, engine)
 
-    corpus = Corpus(prepared.examples, prepared.tokenizer.pad_token_id, device)
-    epochs = max(1, math.ceil(settings.steps * settings.global_batch_size / len(corpus)))
-    order = example_order(len(corpus), epochs, settings.seed, 0)
     examples_per_process = settings.global_batch_size // distributed.world_size()
     bar = tqdm(total=settings.steps, initial=start.step, desc="distill", disable=not distributed.is_main(), dynamic_ncols=True)
     with lifecycle.attended(output_dir, started, device, tracker, lambda: bar.n), contextlib.closing(bar):
+        examples, generated = prepared.examples, {}
+        if prepared.prompts is not None:
+            texts, dropped = generated_examples(config, prepared, output_dir, device)
+            examples, generated = texts + examples, {"generated_texts": len(texts), "generated_dropped": dropped}
+        corpus = Corpus(examples, prepared.tokenizer.pad_token_id, device)
+        epochs = max(1, math.ceil(settings.steps * settings.global_batch_size / len(corpus)))
+        order = example_order(len(corpus), epochs, settings.seed, 0)
         # ---- train
         with preemption.stop_on_signals():
             for step in range(start.step, settings.steps):
@@ -230,7 +273,7 @@ def distill(config: Config, force: bool = False, dry_run: bool = False) -> Path:
             baseline = lifecycle.original_baseline(config.model, config.eval, lambda: original_evaluation(config, prepared.tokenizer, device))
             lifecycle.evaluate_result(student.model, prepared.tokenizer, config.eval, output_dir, baseline)
             lifecycle.complete(output_dir, (MODEL_FOLDER,), started, device, total_steps=settings.steps,
-                               teacher=str(prepared.teacher), alpha=settings.alpha, parallel=engine)
+                               teacher=str(prepared.teacher), alpha=settings.alpha, parallel=engine, **generated)
         distributed.barrier()
     return output_dir
 

@@ -140,12 +140,14 @@ class UnlearnConfig:
         "asymmetric = drop forget elements that disagree, keep all retain.",
     )
     l2sp_coef: float = option(0.0, "L2-SP: coef * ||w - w0||^2 on the target layer; 0 = off.", NON_NEGATIVE)
-    adversary: Literal["none", "finetune", "latent"] = option(
+    adversary: Literal["none", "finetune", "latent", "sam"] = option(
         "none",
         "Tamper resistance (unlearning/adversaries.py): none; finetune = every adversary_every steps, attack a copy of the trained "
         "parameters with adversary_steps NLL steps on data.adversary and add the forget gradient at the attacked point "
         "(times adversary_coef); latent = take the forget loss under an L2-bounded perturbation of the target layer's "
-        "output that latent_steps of projected gradient descent chose to restore the forget text.",
+        "output that latent_steps of projected gradient descent chose to restore the forget text; sam = sharpness-aware "
+        "unlearning (Fan et al., ICML 2025): the forget gradient taken at the worst point within sam_rho of the trained "
+        "parameters (one ascent step).",
     )
     adversary_every: int = option(1, "finetune adversary: attack every N optimizer steps of a phase (its first step included).", AT_LEAST_ONE)
     adversary_steps: int = option(4, "finetune adversary: AdamW steps of each simulated attack (batch train.global_batch_size).", AT_LEAST_ONE)
@@ -160,6 +162,19 @@ class UnlearnConfig:
         NON_NEGATIVE,
     )
     latent_steps: int = option(4, "latent adversary: projected gradient steps that choose the perturbation.", AT_LEAST_ONE)
+    sam_rho: float = option(
+        0.01,
+        "sam adversary: radius of the ascent step, the L2 norm over all of the phase's trained parameters (the forget "
+        "gradient normalised to it); 0 = plain peel.",
+        NON_NEGATIVE,
+    )
+    collapse_components: int = option(
+        0,
+        "Representation collapse (after CIR, unlearning/collapse.py): the forget gradient reaching the target layer's output "
+        "is projected off the top K principal components of the original model's hidden states there on the retain corpus "
+        "(computed once per phase); combines with any adversary; 0 = off. At most the model's hidden size.",
+        NON_NEGATIVE,
+    )
 
 
 @dataclass
@@ -259,6 +274,17 @@ class ProbeConfig:
 
 
 @dataclass
+class GeneratedText:
+    num_texts: int = option(1024, "Texts sampled from the original model (config.model), before forget-keyword texts are dropped.", AT_LEAST_ONE)
+    temperature: float = option(1.0, "Sampling temperature (plain sampling: no top-k, no top-p).", POSITIVE)
+    max_new_tokens: int = option(128, "Tokens the model writes after each prompt (fewer where it ends the text).", AT_LEAST_ONE)
+    prompt_tokens: int = option(
+        8, "Tokens of each prompt: the opening of a retain text (data.retain), or of a neutral seed phrase, in turn.", AT_LEAST_ONE
+    )
+    batch_size: int = option(32, "Prompts sampled together.", AT_LEAST_ONE)
+
+
+@dataclass
 class DistillConfig:
     """peel distill RUN: the unlearned model (RUN/model) is the teacher; the student starts as a
     mix of it and a re-initialised copy and learns the teacher's next-token distributions."""
@@ -269,9 +295,13 @@ class DistillConfig:
         "alpha x re-initialised (the model's own config and init); 0 = the unlearned model, 1 = a fresh init.", FRACTION
     )
     steps: int = option(300, "Distillation optimizer steps; 0 = the mixed model as it is.", NON_NEGATIVE)
-    data: DataSource | None = option(
-        None, "Text the student learns the teacher's logits on; null = the run's data.retain corpus."
+    data: Literal["generated"] | DataSource | None = option(
+        None, "Text the student learns the teacher's logits on: a data source; generated = distill.generated.num_texts texts the "
+        "original model (config.model) writes from the openings of the retain texts and of neutral seed phrases, seeded by "
+        "distill.seed, cached in the output folder's generated.json, texts with a forget keyword (data.forget.keywords) "
+        "dropped; null = the run's data.retain corpus."
     )
+    generated: GeneratedText = option(GeneratedText(), "Sampling of distill.data: generated.")
     num_examples: int | None = option(None, "Texts read from distill.data; null = every usable one.", AT_LEAST_ONE)
     with_forget: bool = option(
         False, "Also distill on the run's data.forget texts (as many as distill.num_examples), where the teacher's "

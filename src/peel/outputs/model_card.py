@@ -17,7 +17,7 @@ import yaml
 
 from peel.attacks.results import read_tamper, with_baseline
 from peel.runs.evaluations import read_evaluation
-from peel.unlearning.methods import described
+from peel.unlearning.methods import described, options_on
 from peel.runs.folder import CARD_FILE, CONFIG_FILE, RUN_FILE, read_json
 
 # Folder of a run -> the library that loads it and how (BASE: the base model).
@@ -72,6 +72,7 @@ def method_rows(config: dict, layers: list | None) -> list[tuple[str, str]]:
         ("retain loss", f"{described('retain_loss', unlearn)}, coefficient {unlearn.get('retain_coef')} ramped {unlearn.get('retain_ramp')}"),
         ("gradient filter", described("grad_filter", unlearn)),
         ("adversary (tamper resistance)", described("adversary", unlearn)),
+        *((key.replace("_", " "), text) for key, text in options_on(unlearn)),
         ("L2-SP coefficient", str(unlearn.get("l2sp_coef"))),
         ("optimizer", f"{optimizer}, lr {train.get('lr')} ({train.get('lr_scheduler')}, warmup "
                       f"{train.get('warmup_ratio')}), gradient clipping {train.get('max_grad_norm') or 'off'}"),
@@ -118,7 +119,14 @@ def distillation_rows(config: dict, record: dict) -> list[tuple[str, str]]:
     """What made a distilled student: its teacher, the mix it started from, its text and steps."""
     settings = config.get("distill", {})
     data = settings.get("data") or config.get("data", {}).get("retain", {})
-    text = shown(data.get("path")) + (" and the run's forget text" if settings.get("with_forget") else "")
+    if data == "generated":  # texts the original model wrote (distill.generated)
+        sampling = settings.get("generated") or {}
+        text = (f"{record.get('generated_texts', sampling.get('num_texts'))} texts the original model wrote (temperature "
+                f"{sampling.get('temperature')}, up to {sampling.get('max_new_tokens')} new tokens"
+                + (f", {record['generated_dropped']} with a forget keyword dropped" if record.get("generated_dropped") else "") + ")")
+    else:
+        text = shown(data.get("path"))
+    text += " and the run's forget text" if settings.get("with_forget") else ""
     return [
         ("teacher (the unlearned model)", shown(str(Path(record.get("teacher") or settings.get("run") or "").parent))
          if record.get("teacher") else shown(settings.get("run"))),

@@ -34,6 +34,7 @@ ADAPTER_FOLDER = "adapter"  # LoRA runs: the adapter alone, as peft saves it
 PARTIAL_SUFFIX = ".partial"  # model.partial/, adapter.partial/: written whole before they move into place
 CARD_FILE = "README.md"  # the model card inside model/ and adapter/
 DISTILL_FOLDER = "distill"  # peel distill RUN's default output folder, inside RUN
+GENERATED_FILE = "generated.json"  # peel distill with distill.data: generated: the texts the original model wrote, and their settings
 TRACKING_FILE = "tracking.json"  # the trackers' run ids, so a resumed run continues the same tracked runs
 TENSORBOARD_FOLDER = "tensorboard"
 # What peel eval, peel tamper and peel probe add:

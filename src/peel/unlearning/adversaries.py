@@ -16,11 +16,18 @@ survive an attack rather than only to look removed.
             taken under that perturbation. Each token's perturbation has L2 norm at most
             `latent_epsilon` times the norm of that token's unperturbed hidden state (relative, so
             one epsilon means the same on models whose hidden states differ in scale).
+- sam       sharpness-aware unlearning (Fan et al., ICML 2025): the forget loss at the worst point of a
+            ball of radius `sam_rho` around the trained parameters. Each step takes the forget
+            gradient g at the current point (reduced across processes), moves the trained parameters
+            by sam_rho g / ||g|| (up the forget loss, which the unlearning lowers), takes the forget
+            gradient there as the step's, and puts the parameters back exactly (one copy of the
+            trained parameters). About twice plain's forget passes; rho 0 is plain bit for bit.
 
 Under torchrun, the attack's micro-batches are reduced by DDP like the engine's own (2 processes
-attack as 1 does); the latent search is per example and needs no reduction. FSDP2 is refused
+attack as 1 does); the latent search is per example and needs no reduction; sam's ascent direction
+is the reduced gradient, the same on every process. FSDP2 is refused
 (`refuse_sharding`): its resharding hooks expect every gradient pass to reach the parameters.
-Neither adversary keeps state from one step to the next, so a resumed run continues as if never stopped.
+No adversary keeps state from one step to the next, so a resumed run continues as if never stopped.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from peel.unlearning import losses
 from peel.unlearning.batches import example_order, process_share
 from peel.unlearning.chunked import token_means
 from peel.errors import PeelError
-from peel.unlearning.gradients import backward_each, take_gradients
+from peel.unlearning.gradients import backward_each, take_gradients, total_norm
 from peel.anatomy import adding_to_output, hidden_states
 from peel.unlearning.objectives import forget_backward, model_outputs, nll_retain_backward
 from peel.unlearning.phase import Phase
@@ -48,10 +55,22 @@ class Plain:
     def __init__(self, phase: Phase):
         self.phase = phase
 
+    def step_forget_gradients(self, step_in_phase: int, forget_batches, coefficient: float, scale: float):
+        """The step's forget passes over its micro-batches (reduced across processes in the last
+        backward), and what the adversary adds: (per-example losses, gradients, statistics as 0-d tensors)."""
+        s = self.phase
+        losses = backward_each(s.parallelism, forget_batches, coefficient, lambda batch: self.forget_backward(batch, coefficient * scale))
+        gradients = take_gradients(s.parameters)
+        attacked, statistics = self.attacked_forget_gradients(step_in_phase, forget_batches, coefficient * scale)
+        if attacked is not None:
+            gradients = [gradient + extra for gradient, extra in zip(gradients, attacked)]
+        return losses, gradients, statistics
+
     def forget_backward(self, batch, scale: float) -> torch.Tensor:
         """The forget loss's forward and backward on one micro-batch (objectives.forget_backward)."""
         s = self.phase
-        return forget_backward(s.weights, batch, s.layer, s.unlearn, scale, s.chunk_tokens, self.perturbation(batch))
+        return forget_backward(s.weights, batch, s.layer, s.unlearn, scale, s.chunk_tokens, self.perturbation(batch),
+                               s.collapse_basis)
 
     def perturbation(self, batch) -> torch.Tensor | None:
         """What the probe adds to the target layer's output: nothing."""
@@ -139,6 +158,28 @@ class Latent(Plain):
         return perturbation.detach()
 
 
+class SharpnessAware(Plain):
+    """unlearn.adversary: sam."""
+
+    def step_forget_gradients(self, step_in_phase: int, forget_batches, coefficient: float, scale: float):
+        s = self.phase
+        losses, gradients, _ = super().step_forget_gradients(step_in_phase, forget_batches, coefficient, scale)
+        # The reduced gradient gives the direction, so every process moves to the same point.
+        ratio = s.unlearn.sam_rho / total_norm(gradients).clamp_min(1e-12)
+        saved = [parameter.detach().clone() for parameter in s.parameters]
+        with torch.no_grad():
+            for parameter, gradient in zip(s.parameters, gradients):
+                parameter.add_(gradient * ratio.to(gradient.dtype))
+        sharp = backward_each(s.parallelism, forget_batches, coefficient, lambda batch: self.forget_backward(batch, coefficient * scale))
+        gradients = take_gradients(s.parameters)
+        with torch.no_grad():
+            for parameter, value in zip(s.parameters, saved):
+                parameter.copy_(value)
+        mean = sharp.mean().float().reshape(1)
+        distributed.all_reduce_mean([mean])
+        return losses, gradients, {"attacked_forget_loss": mean[0]}
+
+
 @contextlib.contextmanager
 def frozen(parameters: list) -> Iterator[None]:
     """The parameters take no gradient inside (no graph is recorded through them); their flags come back after."""
@@ -153,7 +194,7 @@ def frozen(parameters: list) -> Iterator[None]:
 
 
 # `unlearn.adversary` -> what runs inside each step.
-ADVERSARIES = {"none": Plain, "finetune": FineTune, "latent": Latent}
+ADVERSARIES = {"none": Plain, "finetune": FineTune, "latent": Latent, "sam": SharpnessAware}
 
 
 def refuse_sharding(adversary: str, engine: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from peel.config import Config, EvalConfig, LoraOptions, TrainConfig, UnlearnConfig, flatten, to_dict
 from peel.runs import resume
-from peel.unlearning.methods import described, number
+from peel.unlearning.methods import described, number, options_on
 
 # tamper keys worth a fine-tuning attack's one line (the rest are in attacks/grid.json when it runs)
 ATTACK_KEYS = ("adapter", "lora_rank", "optimizer", "lr", "lr_scheduler", "warmup_ratio", "warmup_steps", "steps",
@@ -25,7 +25,7 @@ FOLDER_STATES = {resume.NEW: "a new run", resume.RESUME: "holds this config's un
 
 def loss_lines(unlearn: UnlearnConfig, keywords: str | None) -> list[str]:
     """The forget and retain losses with their coefficients, how the two gradients combine, and the
-    adversary when there is one: each choice as it describes itself (methods.py)."""
+    adversary and the options that are on: each as it describes itself (methods.py)."""
     values = to_dict(unlearn)
     mask = f"; only tokens inside keywords of {keywords} count" if keywords else ""
     l2sp = f"; L2-SP {number(unlearn.l2sp_coef)} on the target layer" if unlearn.l2sp_coef else ""
@@ -36,6 +36,7 @@ def loss_lines(unlearn: UnlearnConfig, keywords: str | None) -> list[str]:
         f"retain loss: {described('retain_loss', values)}, coefficient {number(unlearn.retain_coef)} (ramp {unlearn.retain_ramp})",
         f"gradients: filter {described('grad_filter', values)}{l2sp}",
         *adversary,
+        *(f"{key}: {text}" for key, text in options_on(values)),
     ]
 
 

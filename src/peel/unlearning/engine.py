@@ -38,6 +38,7 @@ from peel.runs.folder import ADAPTER_FOLDER, METRICS_FILE, MODEL_FOLDER, PARTIAL
 from peel.unlearning import recompute
 from peel.unlearning.adversaries import ADVERSARIES, refuse_sharding
 from peel.unlearning.batches import Corpus, RandomTargets, example_order, process_share
+from peel.unlearning.collapse import retain_components
 from peel.unlearning.gradients import compute_gradients, read
 from peel.unlearning.objectives import FORGET_OBJECTIVES
 from peel.unlearning.optimizers import make_optimizer
@@ -174,6 +175,8 @@ def run_phase(session: Session, phase: int, resumed: dict | None = None) -> None
         chunk_tokens=train.loss_chunk_tokens, number=phase, steps=plan.steps_per_phase, seed=train.seed,
         global_batch_size=train.global_batch_size, per_device_batch_size=train.per_device_batch_size,
         attack_text=session.adversary,
+        # once per phase, from the original model: a resumed phase computes the same directions
+        collapse_basis=retain_components(weights, session.retain, layer, unlearn.collapse_components, train.per_device_batch_size),
     )
     adversary = ADVERSARIES[unlearn.adversary](this_phase)
 

@@ -25,19 +25,16 @@ def compute_gradients(phase: Phase, adversary, forget_batches, retain_batches, f
     across processes (by DDP or FSDP2, in each objective's last backward), then combined by the
     gradient filter; L2-SP is added after the filter (it is a pull toward the original weights,
     not a data gradient to be compared). The `adversary` (adversaries.py; `Plain` for none) runs
-    the forget passes and may add the forget gradient at attacked parameters to the forget
-    gradient, before the filter sees it.
+    the forget passes and gives the step's forget gradient, before the filter sees it: plain's, plus
+    the forget gradient at attacked parameters (finetune), or the one at the worst nearby point (sam).
     Returns, as 0-d tensors: the step's mean losses, the gradient norms, L2-SP, whether any
     process was asked to stop (`stop` > 0) and, with keyword masks, the share of forget tokens
     that counted.
     """
     weights, parallelism, parameters, unlearn = phase.weights, phase.parallelism, phase.parameters, phase.unlearn
     scale = 1.0 / phase.examples_per_process  # per-example losses summed: the same step however the batch is split
-    forget_losses = backward_each(parallelism, forget_batches, forget_coef, lambda batch: adversary.forget_backward(batch, forget_coef * scale))
-    forget_gradients = take_gradients(parameters)
-    attacked, adversary_statistics = adversary.attacked_forget_gradients(step_in_phase, forget_batches, forget_coef * scale)
-    if attacked is not None:
-        forget_gradients = [gradient + extra for gradient, extra in zip(forget_gradients, attacked)]
+    forget_losses, forget_gradients, adversary_statistics = adversary.step_forget_gradients(step_in_phase, forget_batches,
+                                                                                             forget_coef, scale)
     retain_objective = RETAIN_OBJECTIVES[unlearn.retain_loss]
     retain_losses = backward_each(
         parallelism, retain_batches, retain_coef,

@@ -1,7 +1,8 @@
 """The method's choices as they describe themselves: each forget loss, retain loss, gradient filter
 and adversary is one row, naming the `unlearn.*` keys it reads beside its own name and saying how
-it reads in a line of `--dry-run`, a model card and `peel report`. Those three ask this module and
-know no choice by name.
+it reads in a line of `--dry-run`, a model card and `peel report`; an option that combines with every
+choice (representation collapse) is one row of OPTIONS, saying how it reads when on. Those three ask
+this module and know no choice by name.
 
 The rows that compute live beside their code (objectives.FORGET_OBJECTIVES, RETAIN_OBJECTIVES,
 filters.GRADIENT_FILTERS, adversaries.ADVERSARIES), which import torch; these rows do not, so a
@@ -52,6 +53,28 @@ ADVERSARIES = {
         lambda name, u: (f"{name} (the target layer's output perturbed within {number(u['latent_epsilon'])} of each "
                          f"token's norm, chosen by {u['latent_steps']} projected gradient steps)"),
     ),
+    "sam": Choice(
+        ("sam_rho",),
+        lambda name, u: (f"{name} (sharpness-aware: the forget gradient at the worst point within {number(u['sam_rho'])} "
+                         f"of the trained parameters, one ascent step)"),
+    ),
+}
+
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting that is not a choice among names but is on or off beside every choice."""
+
+    off: Any  # the value at which it changes nothing
+    describe: Callable[[Mapping[str, Any]], str]  # (the unlearn section's values) -> how it reads when on
+
+
+# unlearn key -> the option it sets (each combines with every choice above)
+OPTIONS = {
+    "collapse_components": Option(
+        0, lambda u: (f"the forget gradient at the target layer's output projected off the top {u['collapse_components']} "
+                      "principal components of the original model's retain hidden states there")),
 }
 
 # unlearn key -> the table of its choices
@@ -68,10 +91,17 @@ def described(setting: str, unlearn: Mapping[str, Any]) -> str:
 
 
 def chosen_keys(unlearn: Mapping[str, Any]) -> list[str]:
-    """The unlearn keys the chosen forget loss, retain loss, filter and adversary read."""
-    return [key for setting, table in CHOICES.items() for key in getattr(table.get(unlearn.get(setting)), "reads", ())]
+    """The unlearn keys the chosen forget loss, retain loss, filter and adversary read, and the options that are on."""
+    return [*(key for setting, table in CHOICES.items() for key in getattr(table.get(unlearn.get(setting)), "reads", ())),
+            *(key for key, option in OPTIONS.items() if unlearn.get(key, option.off) != option.off)]
 
 
 def all_read_keys() -> list[str]:
-    """Every unlearn key some choice reads (what a sweep may vary within one method)."""
-    return list(dict.fromkeys(key for table in CHOICES.values() for choice in table.values() for key in choice.reads))
+    """Every unlearn key some choice reads, and the options (what a sweep may vary within one method)."""
+    return list(dict.fromkeys([*(key for table in CHOICES.values() for choice in table.values() for key in choice.reads),
+                               *OPTIONS]))
+
+
+def options_on(unlearn: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, how it reads) for each option that is on (absent from an older run's config: off)."""
+    return [(key, option.describe(unlearn)) for key, option in OPTIONS.items() if unlearn.get(key, option.off) != option.off]

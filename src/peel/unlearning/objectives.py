@@ -17,6 +17,7 @@ import torch
 from peel.unlearning import losses
 from peel.errors import PeelError
 from peel.unlearning.chunked import Outputs, chunk_width, token_means, token_values
+from peel.unlearning.collapse import projecting_gradient
 from peel.anatomy import adding_to_output, final_hidden_states, hidden_states, logits
 
 
@@ -122,11 +123,12 @@ FORGET_OBJECTIVES = {
 
 
 def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float, chunk_tokens: int = 0,
-                    perturbation: torch.Tensor | None = None) -> torch.Tensor:
+                    perturbation: torch.Tensor | None = None, collapse_basis: torch.Tensor | None = None) -> torch.Tensor:
     """The probe: current layers up to `layer`, original layers after, pushed by the forget loss.
 
     `perturbation` (the latent adversary's) is added to the target layer's output in the probe
-    only, never in the original model's reference pass.
+    only, never in the original model's reference pass. `collapse_basis` (collapse.py): the
+    gradient flowing back into the target layer's output is projected off its columns.
 
     A loss that compares with the original model (NPO) gets the original's log-probabilities of
     the text's own next tokens from a no-grad pass with every layer original: the same weights,
@@ -138,7 +140,8 @@ def forget_backward(weights, batch: Batch, layer: int, unlearn, scale: float, ch
         with torch.no_grad(), weights.original_from(0):
             original = model_outputs(weights, batch, chunk_tokens).shifted()
             reference = token_values(losses.token_log_probs, [original], [batch.input_ids[:, 1:]])
-    with weights.original_from(layer + 1), adding_to_output(weights.anatomy.layers[layer], perturbation):
+    target = weights.anatomy.layers[layer]
+    with weights.original_from(layer + 1), adding_to_output(target, perturbation), projecting_gradient(target, collapse_basis):
         probe = model_outputs(weights, batch, chunk_tokens)
         per_example = objective.loss(probe, batch, reference, unlearn)
         # The loss keeps what its backward needs; whole [batch, tokens, vocab] logits themselves

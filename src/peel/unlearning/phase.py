@@ -26,3 +26,4 @@ class Phase:
     global_batch_size: int = 1
     per_device_batch_size: int = 1
     attack_text: Corpus | None = None  # the finetune adversary's text (data.adversary, else the forget corpus)
+    collapse_basis: object = None  # [hidden, k] orthonormal retain directions (collapse.py) or None (collapse_components 0)

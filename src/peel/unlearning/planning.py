@@ -93,6 +93,13 @@ def check_parallel(config: Config, world_size: int) -> None:
                         "holds shards; accepted: one process, or LoRA with train.parallel ddp or auto")
 
 
+def check_collapse(components: int, hidden_size: int | None) -> None:
+    """unlearn.collapse_components can name no more directions than the hidden state has."""
+    if hidden_size is not None and components > hidden_size:
+        raise PeelError(f"unlearn.collapse_components={components} is larger than the model's hidden size ({hidden_size}); "
+                        f"accepted: 0..{hidden_size}")
+
+
 @dataclass
 class Prepared:
     """A run checked from end to end, before any weights load (what --dry-run shows)."""
@@ -120,6 +127,7 @@ def prepare(config: Config, force: bool = False) -> Prepared:
     check_parallel(config, distributed.world_size())
     unlearn = config.unlearn
     FORGET_OBJECTIVES[unlearn.forget_loss].check(unlearn, model_config.vocab_size)
+    check_collapse(unlearn.collapse_components, getattr(model_config, "hidden_size", None))
     folder_state = resume.folder_state(output_dir, config, force, uncompared=("distill.",))  # peel distill's section: unread here
     tokenizer = load_tokenizer(name, model.revision, model.trust_remote_code)
     data, seed = config.data, config.train.seed
