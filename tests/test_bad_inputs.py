@@ -102,6 +102,12 @@ def unlearn(workspace: Workspace, *overrides: str) -> list[str]:
     return ["unlearn", str(workspace.config), *overrides]
 
 
+def tamper(workspace: Workspace, target: str, *more: str) -> list[str]:
+    """peel tamper on the testbed's attack text and tasks, so nothing needs the hub."""
+    return ["tamper", target, "--output-dir", str(workspace.root / "t"), "tamper.data.path=testbed:tamper",
+            "tamper.tasks=[testbed_forget]", *more]
+
+
 def data(workspace: Workspace, name: str, content: str | bytes) -> list[str]:
     return unlearn(workspace, f"data.forget.path={write(workspace, name, content)}")
 
@@ -155,6 +161,9 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("unknown testbed name", lambda w: unlearn(w, "data.forget.path=testbed:pathogens"), "unknown testbed name 'testbed:pathogens'"),
     # unlearn: models
     ("missing model", lambda w: unlearn(w, "model.name_or_path=/nonexistent/model"), "'/nonexistent/model'"),
+    ("misspelt model folder", lambda w: unlearn(w, f"model.name_or_path={w.model.parent / (w.model.name + 'x')}"),
+     "does not exist (did you mean "),
+    ("missing relative model folder", lambda w: unlearn(w, "model.name_or_path=./mymodl"), "mymodl' does not exist; read as a local path"),
     ("corrupt weights", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'corrupt_model', b'not safetensors', True)}"), "corrupt_model"),
     ("no tokenizer", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'no_tokenizer', None, False)}"), "no_tokenizer"),
     # GPT-NeoX without tokenizer files: transformers builds an empty two-token tokenizer, which once
@@ -187,6 +196,21 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("tamper dry run of a bad attack value", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.lr=nan"], "'tamper.lr' got nan"),
     ("tamper dry run of a missing attack file", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.tasks=[testbed_forget]", "tamper.data.path=/nonexistent/attack.jsonl"], "'/nonexistent/attack.jsonl' does not exist"),
     ("tamper without an output folder", lambda w: ["tamper", str(w.model)], "needs --output-dir"),
+    # tamper: everything the run would refuse is refused before attacks/grid.json is written or weights load,
+    # and the dry run refuses it too
+    ("tamper of a missing target", lambda w: tamper(w, str(w.root / "no_model")), "target '"),
+    ("tamper of a misspelt run folder", lambda w: tamper(w, str(w.runs / "goood")), "does not exist (did you mean "),
+    ("tamper dry run of a missing target", lambda w: tamper(w, str(w.root / "no_model"), "--dry-run"), "no_model' does not exist"),
+    ("tamper of corrupt weights", lambda w: tamper(w, str(bad_model_folder(w, 'corrupt_model', b'not safetensors', True))),
+     "cannot read the weights of model"),
+    ("tamper of an unknown task", lambda w: tamper(w, str(w.model), "tamper.tasks=[testbed_forgett]"), "unknown evaluation task 'testbed_forgett'"),
+    ("tamper dry run of an unknown task", lambda w: tamper(w, str(w.model), "--dry-run", "tamper.tasks=[testbed_forgett]"),
+     "unknown evaluation task 'testbed_forgett'"),
+    ("tamper dry run of a missing baseline", lambda w: tamper(w, str(w.model), "--dry-run", "--baseline", str(w.root / "no_base")),
+     "--baseline: model folder '"),
+    ("tamper include_path that is a file", lambda w: tamper(w, str(w.model), f"eval.include_path={w.forget}"), "is not a folder"),
+    ("tamper include_path with a broken task file", lambda w: tamper(w, str(w.model), "eval.include_path=" + str(write(w, "tasks/broken.yaml", "task: mine\ndataset_path: [\n").parent)),
+     "broken.yaml' in eval.include_path is not valid YAML at line 3"),
     # probe
     ("probe layer past the model", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[1, 9]"], "probe.layers contains layer 9; the model has layers 0..3"),
     ("probe negative layer", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[-1]"], "'probe.layers[0]' got -1"),
