@@ -149,6 +149,11 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
      "tab.yaml' is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token (YAML indents with spaces"),
     ("keyword list missing beside the config", lambda w: ["unlearn", str(write(w, "keywords_config.yaml", f"base: {w.config}\ndata: {{forget: {{keywords: no_such_list.txt}}}}\n"))],
      "inputs/no_such_list.txt"),
+    ("config that is a weights file", lambda w: ["unlearn", str(w.model / "model.safetensors")],
+     "model.safetensors' looks like model weights; accepted: a peel config"),
+    ("config that is a data file", lambda w: ["unlearn", str(w.forget)], "forget.jsonl' looks like a JSON Lines data file"),
+    ("config that is a model's config.json", lambda w: ["unlearn", str(w.model / "config.json")],
+     "config.json' looks like a model's config.json (keys architectures"),
     ("config path is a folder", lambda w: ["unlearn", str(w.runs)], "runs' is a folder; accepted: a YAML config file"),
     # unlearn: data files
     ("empty forget file", lambda w: data(w, "empty.jsonl", ""), "empty.jsonl' is empty"),
@@ -195,6 +200,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("tamper more examples than the corpus", lambda w: ["tamper", "testbed:base", "--output-dir", str(w.root / "t"), "tamper.data.path=testbed:tamper", "tamper.tasks=[testbed_forget]", "tamper.num_examples=5000"], "holds 300 usable texts"),
     ("tamper dry run of a bad attack value", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.lr=nan"], "'tamper.lr' got nan"),
     ("tamper dry run of a missing attack file", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.tasks=[testbed_forget]", "tamper.data.path=/nonexistent/attack.jsonl"], "'/nonexistent/attack.jsonl' does not exist"),
+    ("tamper of a kind's option as a section key", lambda w: tamper(w, str(w.model), "tamper.bits=4"),
+     "tamper.bits=4: bits is an option of the attack kind quantize, set per attack; accepted: --grid tamper.kind=quantize"),
     ("tamper without an output folder", lambda w: ["tamper", str(w.model)], "needs --output-dir"),
     # tamper: everything the run would refuse is refused before attacks/grid.json is written or weights load,
     # and the dry run refuses it too
@@ -254,6 +261,7 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("distill of a folder that is no run", lambda w: ["distill", str(w.root / "no_run")], "is not a run folder (no config.yaml)"),
     ("distill of a run without a model", lambda w: ["distill", str(w.runs / "good"), "--output-dir", str(w.root / "d")],
      "holds no completed run"),
+    ("distill without a run", lambda w: ["distill"], "the following arguments are required: RUN (see"),
     # the command line itself
     ("unknown option", lambda w: ["unlearn", str(w.config), "--no-such-flag"], "--no-such-flag"),
     ("override without a value", lambda w: unlearn(w, "train.lr"), "override 'train.lr' is not of the form dotted.key=value"),

@@ -118,3 +118,14 @@ def test_a_run_folders_config_keeps_the_meaning_of_its_paths(tmp_path, monkeypat
     (run / "config.yaml").write_text("data: {forget: {path: data/forget.jsonl}}\n")
     monkeypatch.chdir(tmp_path)
     assert load_config(run / "config.yaml", relative_to_file=False).data.forget.path == str(tmp_path / "data" / "forget.jsonl")
+
+
+def test_a_data_section_given_as_a_path_is_its_path(tmp_path, monkeypatch):
+    """`distill.data=PATH` means `distill.data.path=PATH`, on the command line and in a file, for every data section."""
+    monkeypatch.chdir(tmp_path)
+    short = load_config(None, ["distill.data=texts.jsonl", "data.forget=testbed:forget", "tamper.data=testbed:tamper"])
+    long = load_config(None, ["distill.data.path=texts.jsonl", "data.forget.path=testbed:forget", "tamper.data.path=testbed:tamper"])
+    assert short == long and short.distill.data.path == str(tmp_path / "texts.jsonl")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("distill: {data: more.jsonl}\n")
+    assert load_config(tmp_path / "sub" / "c.yaml").distill.data.path == str(tmp_path / "sub" / "more.jsonl")

@@ -64,6 +64,7 @@ def plan_attacks(names: list[str], overrides: list[str], grid_items: list[str], 
 
     `compared` targets are attacked alike, into FIGURES/compare/<label> (FIGURES: `figure_folder`).
     """
+    kinds.refuse_kind_options(overrides)
     targets = resolve_targets([*names, *compared], overrides)
     config = targets[0].config
     attacks = grid_attacks(config, grid_items, overrides)

@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="Folder for the summary, the plot and the unlearning run.")
     parser.add_argument("--scenario", default="testbed", choices=list(SCENARIOS), help="Built-in scenario (default: testbed).")
     parser.add_argument("--config", help="Unlearning config: a file, or a config peel ships named as configs/NAME.yaml (default: configs/SCENARIO_lora.yaml).")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted overrides applied to the config.")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="Dotted overrides applied to the config.")
 
 
 def run(args: argparse.Namespace) -> int:

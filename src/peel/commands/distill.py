@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = DESCRIPTION + "\n".join(help_lines(DistillConfig(), prefix="distill."))
     parser.add_argument("run_folder", metavar="RUN", help="A run folder that peel unlearn completed.")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted config overrides.")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="Dotted config overrides.")
     parser.add_argument("--output-dir", help="The distillation's run folder (default: RUN/distill).")
     parser.add_argument("--dry-run", action="store_true",
                         help="Check RUN, the output folder, the text and the batch shape, print the plan, and write nothing.")

@@ -20,7 +20,7 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION + "\n".join(help_lines(Config()))
     parser.add_argument("config", help="YAML config file (see configs/).")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted config overrides.")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="Dotted config overrides.")
     parser.add_argument(
         "--dry-run",
         action="store_true",
