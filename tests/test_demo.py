@@ -62,7 +62,8 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
     assert summary["wall_seconds"] > 0
     assert summary["models"]["unlearned"]["forget_acc"] < summary["models"]["base"]["forget_acc"]
     markdown = (output / "summary.md").read_text()
-    assert markdown.startswith("| model | forget accuracy | retain accuracy | forget probe")
+    assert markdown.startswith("**What this showed.** Unlearning took forget accuracy from ")
+    assert "| model | forget accuracy | retain accuracy | forget probe" in markdown
     assert "Probes (best layer" in markdown and "| Chance |" in markdown
     assert (output / "tamper.png").stat().st_size > 0
     assert (output / "unlearn" / "model").is_dir() and (output / "filtered" / "tamper.json").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 
 from peel.errors import PeelError
 from peel.runs.folder import CONFIG_FILE, PROBE_FILE
@@ -48,8 +49,21 @@ def run(args: argparse.Namespace) -> int:
     probes = read_probes(probe_folders)
     runs = [read_run(folder) for folder in run_folders]
     output.parent.mkdir(parents=True, exist_ok=True)
-    links = draw_plots(runs, output.parent / f"{output.stem}_plots", relative_to=output.parent, probes=probes)
-    output.write_text(render(runs, links, probes))
+    plots = output.parent / f"{output.stem}_plots"
+    # Drawn into a folder of its own first: a failure leaves the previous report's plots, not half of them.
+    drawing = plots.with_name(f"{plots.name}.partial")
+    shutil.rmtree(drawing, ignore_errors=True)
+    try:
+        drawn = draw_plots(runs, drawing, relative_to=drawing, probes=probes)
+        links = {key: [str(plots.relative_to(output.parent) / path) for path in paths] for key, paths in drawn.items()}
+        text = render(runs, links, probes)
+    except BaseException:
+        shutil.rmtree(drawing, ignore_errors=True)
+        raise
+    shutil.rmtree(plots, ignore_errors=True)
+    if drawing.is_dir():
+        drawing.rename(plots)
+    output.write_text(text)
     print(f"wrote {output}")
     return 0
 

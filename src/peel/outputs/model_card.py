@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from peel.attacks.results import read_tamper, with_baseline
+from peel.outputs.tamper_tables import STEP_ZERO_NOTE, trains_nothing
 from peel.runs.evaluations import read_evaluation
 from peel.unlearning.methods import described
 from peel.runs.folder import CARD_FILE, CONFIG_FILE, RUN_FILE, read_json
@@ -105,6 +106,10 @@ def tamper_lines(document: dict | None) -> list[str]:
         lines.append(f"| {task} | {row['step0']:.4f} | {row['worst']:.4f} | {row['worst_attack']}, {row['worst_step']} | {recovered} |")
     names = [attack["name"] for attack in document["attacks"]]
     lines += ["", f"{len(names)} attack(s): {', '.join(names)} (tamper.json)."]
+    if any(trains_nothing(attack) for attack in document["attacks"]):
+        lines[-1] += f" {STEP_ZERO_NOTE}"
+    if document.get("pending"):
+        lines[-1] += f" Pending: {', '.join(document['pending'])}."
     return lines
 
 

@@ -20,11 +20,12 @@ from peel.config import UnlearnConfig, flatten, is_number_field
 from peel.errors import PeelError, reading
 from peel.outputs.markdown import TASK_ROLES, TASK_TITLES, table
 from peel.outputs.probe_tables import probe_section
+from peel.outputs.tamper_tables import tamper_section
 from peel.unlearning.methods import all_read_keys, described
 from peel.runs.evaluations import read_evaluation
 from peel.plots import CHANCE
 from peel.runs.folder import CONFIG_FILE, METRICS_FILE, TAMPER_PLOT, read_run_record
-from peel.attacks.results import lost, read_tamper, with_baseline
+from peel.attacks.results import read_tamper, with_baseline
 
 # Settings a sweep varies inside one table; each becomes a column when it varies (or always, below).
 SWEPT = {
@@ -256,58 +257,6 @@ def family_title(family: list[Run], all_families: list[list[Run]]) -> str:
     return title + (f" ({', '.join(extra)})" if extra else "")
 
 
-def resistance_table(runs: list[Run]) -> list[str]:
-    """Per forget task, one row per attacked model: step 0, the worst case over the attacks within
-    the attack budget, which attack, the steps to recover 50% / 90% of what was lost, and the
-    retain task's accuracy in that attack at that step."""
-    attacked = [run for run in runs if run.tamper and run.tamper["summary"]]
-    lines = []
-    for task in dict.fromkeys(task for run in attacked for task in run.tamper["summary"]):
-        budget = max(row["step"] for run in attacked for row in run.tamper["worst_case"])
-        rows = [["Model", "Attacks", "Step 0", f"Worst (≤ {budget} steps)", "Worst attack", "50% back", "90% back",
-                 "Retain at worst"]]
-        for run in attacked:
-            entry = run.tamper["summary"].get(task)
-            if entry is None:
-                continue
-            back = recovery_text(entry["steps_to_recover"], entry["step0"], (run.tamper.get("baseline") or {}).get(task))
-            retain = entry["retain_at_worst"]
-            retain_text = "-" if retain is None else f"{retain:.4f} ({TASK_TITLES.get(run.tamper['retain_task'], run.tamper['retain_task'])})"
-            rows.append([run.name, str(len(run.tamper["attacks"])), f"{entry['step0']:.4f}",
-                         f"{entry['worst']:.4f} (step {entry['worst_step']})", entry["worst_attack"], *back, retain_text])
-        lines += [f"### Tamper resistance: {TASK_TITLES.get(task, task)}", "", *table(rows), ""]
-    return lines
-
-
-def recovery_text(recovery: dict | None, step0: float, baseline: float | None) -> list[str]:
-    """The 50% / 90% cells: a step, never, n/a (step 0 at or above the baseline: nothing was lost),
-    or - (no baseline)."""
-    if recovery is None:
-        return ["n/a", "n/a"] if baseline is not None and not lost(step0, baseline) else ["-", "-"]
-    return ["never" if recovery[share] is None else f"step {recovery[share]}" for share in ("50", "90")]
-
-
-def tamper_table(runs: list[Run]) -> list[str]:
-    """The worst case over the attacks at the first, second and last evaluated step."""
-    attacked = [run for run in runs if run.tamper]
-    # Forget tasks only: the highest retain accuracy over the attacks says nothing about resistance.
-    tasks = list(dict.fromkeys(task for run in attacked for task in run.tamper["summary"]))
-    lines = []
-    for task in tasks:
-        all_steps = sorted({row["step"] for run in attacked for row in run.tamper["worst_case"] if task in row})
-        steps = list(dict.fromkeys([all_steps[0], *all_steps[1:2], all_steps[-1]]))
-        rows = [["Model", *(f"Step {step}" for step in steps)]]
-        baseline = next((run.tamper["baseline"][task] for run in attacked
-                         if run.tamper.get("baseline") and task in run.tamper["baseline"]), None)
-        if baseline is not None:
-            rows.append(["Baseline (target)", f"{baseline:.4f}", *["-"] * (len(steps) - 1)])
-        for run in attacked:
-            found = {row["step"]: row[task] for row in run.tamper["worst_case"] if task in row}
-            rows.append([run.name, *(f"{found[step]:.4f}" if step in found else "-" for step in steps)])
-        lines += [f"### {TASK_TITLES.get(task, task)} during the attack (worst case)", "", *table(rows), ""]
-    return lines
-
-
 def render(runs: list[Run], plots: dict[str, list[str]] | None = None, probes: dict[str, dict] | None = None) -> str:
     """The whole report; `plots` maps a section ('tamper' or a run name) to image paths to link."""
     plots = plots or {}
@@ -322,11 +271,7 @@ def render(runs: list[Run], plots: dict[str, list[str]] | None = None, probes: d
         "",
     ]
     if any(run.tamper for run in runs):
-        lines += ["## Tampering attack", "", *resistance_table(runs), *tamper_table(runs),
-                  "Worst case: at each evaluated step, the highest accuracy over the model's attacks (fine-tuning and "
-                  "few-shot). N% back: the first step at which it regained N% of (baseline - step 0); n/a: step 0 at or above "
-                  "the baseline, nothing to recover.", ""]
-        lines += [f"![tamper curves]({path})" for path in plots.get("tamper", [])] + [""]
+        lines += tamper_section({run.name: run.tamper for run in runs if run.tamper}, plots.get("tamper", []))
     if probes:
         lines += probe_section(probes, plots)
     linked = [run for run in runs if plots.get(run.name)]
@@ -354,7 +299,7 @@ def draw_plots(runs: list[Run], folder: Path, relative_to: Path, probes: dict[st
         if run.phase_evaluations:
             rows = [{"phase": line.get("phase"), "layer": line.get("layer"), "accuracy": line["eval"]} for line in run.phase_evaluations]
             link(run.name, plot_phase_accuracy(rows, folder / f"{run.name}_phase_accuracy.png", baseline))
-    documents = {run.name: run.tamper for run in runs if run.tamper}
+    documents = {run.name: run.tamper for run in runs if run.tamper and (run.tamper["attacks"] or run.tamper["pending"])}
     if documents:
         link("tamper", plot_tamper(documents, folder / TAMPER_PLOT))
     for name, document in (probes or {}).items():

@@ -1,0 +1,76 @@
+"""Outputs that explain themselves: a pending attack grid and an old probe.json report cleanly,
+the demo's summary says what it showed, and step-0 scores of attacks that train nothing are explained."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from peel.cli import main
+
+RUN = Path(__file__).parent / "fixtures" / "report" / "runs" / "l2_rm10"
+
+
+def test_a_grid_whose_attacks_are_all_pending_reports_as_pending(tmp_path, capsys):
+    run = tmp_path / "queued"
+    shutil.copytree(RUN, run)
+    (run / "tamper.json").write_text(json.dumps({"target": "x", "tasks": ["testbed_forget", "testbed_retain"], "baseline": None,
+                                                 "pending": ["lr=1e-4", "lr=1e-3"], "attacks": []}))
+    assert main(["report", str(run), "--output", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "queued: pending, 2 of 2 attacks not finished yet (lr=1e-4, lr=1e-3)" in text
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["queued", "r.md", "r_plots"]
+
+
+def test_a_probe_json_without_its_task_list_reports_and_a_failed_report_leaves_no_plots(tmp_path, monkeypatch):
+    folder = tmp_path / "probed"
+    folder.mkdir()
+    rows = [{"layer": 0, "testbed_forget": 0.3}, {"layer": 1, "testbed_forget": 0.6}]
+    (folder / "probe.json").write_text(json.dumps({"targets": {"m": {"probe": rows, "logit_lens": rows}},
+                                                   "chance": {"testbed_forget": 0.25}}))
+    assert main(["report", str(folder), "--output", str(tmp_path / "r.md")]) == 0
+    assert "0.600 (L1)" in (tmp_path / "r.md").read_text() and (tmp_path / "r_plots" / "probed_probe.png").is_file()
+
+    from peel import plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(plots, "plot_probe", broken)
+    assert main(["report", str(folder), "--output", str(tmp_path / "s.md")]) == 1
+    assert not (tmp_path / "s_plots").exists() and not (tmp_path / "s_plots.partial").exists()
+
+
+def summary(unlearned_worst: float) -> dict:
+    resistance = {"unlearned": {"step0": 0.255, "worst": unlearned_worst, "worst_step": 0, "worst_attack": "few_shot=5",
+                                "retain_at_worst": 0.9, "steps_to_recover": {"50": 0, "90": 0}},
+                  "filtered": {"step0": 0.23, "worst": 0.235, "worst_step": 10, "worst_attack": "lr=1e-3",
+                               "retain_at_worst": 0.9, "steps_to_recover": None}}
+    return {"models": {"base": {"forget_acc": 0.97, "retain_acc": 0.95}, "unlearned": {"forget_acc": 0.255, "retain_acc": 0.9},
+                       "filtered": {"forget_acc": 0.23, "retain_acc": 0.9}}, "resistance": resistance}
+
+
+def test_the_demo_summary_says_what_it_showed_from_its_numbers():
+    from peel.commands.demo import finding
+
+    hidden = finding(summary(0.96))
+    assert "from 0.970 to 0.255" in hidden and "brings it back to 0.960" in hidden
+    assert "filtered stays at 0.235" in hidden and hidden.endswith("hidden, not removed.")
+    assert finding(summary(0.26)).endswith("it was removed.")
+
+
+def test_step_zero_of_attacks_that_train_nothing_is_explained_with_the_kinds():
+    from peel.attacks.results import document
+    from peel.outputs.model_card import tamper_lines
+    from peel.outputs.tamper_tables import STEP_ZERO_NOTE, tamper_section
+
+    attacks = [{"name": "few_shot=5", "kind": "few_shot", "settings": {}, "curve": [{"step": 0, "testbed_forget": 0.94}]},
+               {"name": "lr=1e-3", "kind": "fine_tune", "settings": {}, "curve": [{"step": 0, "testbed_forget": 0.25},
+                                                                                   {"step": 10, "testbed_forget": 0.5}]}]
+    record = document("m", ["testbed_forget"], attacks, {"testbed_forget": 0.97})
+    text = "\n".join(tamper_section({"m": record}, []))
+    assert "(kinds: few_shot (1), fine_tune (1))" in text and STEP_ZERO_NOTE in text
+    assert STEP_ZERO_NOTE in "\n".join(tamper_lines(record))
+    trained = document("m", ["testbed_forget"], attacks[1:], {"testbed_forget": 0.97})
+    assert STEP_ZERO_NOTE not in "\n".join(tamper_section({"m": trained}, []))
