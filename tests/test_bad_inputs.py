@@ -305,7 +305,7 @@ def test_the_suite_covers_every_command(workspace):
 def test_a_shell_sees_exit_status_2_and_one_line(workspace, argv_of):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     completed = subprocess.run([sys.executable, "-m", "peel", *argv_of(workspace)], capture_output=True, text=True,
-                               env=environment, timeout=300)
+                               env=environment)  # no time limit: a busy machine is slow, not wrong
     assert completed.returncode == 2, completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1 and "Traceback" not in completed.stderr
 

@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     # The attack settings, checked before anything runs (the base model has the attacked models' layers).
     check_models(grid_attacks(config, [], args.overrides), [Target(scenario.base, None, config)])
     check_writable(output, "--output-dir")
+    one_thread_for_the_testbed(args.scenario)
     output.mkdir(parents=True, exist_ok=True)
     evaluation = config.eval
 
@@ -148,6 +149,19 @@ def evaluate_model(name_or_path: str, tasks: dict[str, str], batch_size: int, ma
 
     model, tokenizer = load_model_and_tokenizer(name_or_path, dtype="float32")
     return evaluate(model, tokenizer, list(tasks.values()), batch_size=batch_size, max_length=max_length, limit=limit)
+
+
+def one_thread_for_the_testbed(scenario: str) -> None:
+    """The testbed's models are tiny: on CPU one thread steps far faster than all of them once
+    anything else runs on the machine, and is slower only on cores left idle
+    (benchmarks/thread_bench.py on 2 cores: 2 threads 5-6x as slow as 1 while other work ran, 2.3x
+    with one core busy, 0.57x idle). An explicit OMP_NUM_THREADS is left alone."""
+    import os
+
+    import torch
+
+    if scenario == "testbed" and "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
+        torch.set_num_threads(1)
 
 
 def summary_row(results: dict, tasks: dict[str, str]) -> dict[str, float]:
