@@ -129,3 +129,18 @@ def test_a_data_section_given_as_a_path_is_its_path(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.yaml").write_text("distill: {data: more.jsonl}\n")
     assert load_config(tmp_path / "sub" / "c.yaml").distill.data.path == str(tmp_path / "sub" / "more.jsonl")
+
+
+def test_a_scenario_model_brings_its_data_tasks_and_float32(tmp_path):
+    """`model.name_or_path: testbed:base` alone (or `peel tamper testbed:filtered`) is not attacked
+    or evaluated with WMDP: the scenario's text, tasks and dtype apply wherever nothing else is set."""
+    from peel.runs.targets import resolve_target
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name_or_path: testbed:base}\ntamper: {tasks: [testbed_forget]}\n")
+    config = load_config(path)
+    assert config.eval.tasks == ["testbed_forget", "testbed_retain"] and config.tamper.tasks == ["testbed_forget"]
+    assert config.tamper.data.path == "testbed:tamper" and config.train.dtype == "float32"
+    target = resolve_target("testbed:filtered", ["train.dtype=bfloat16"])
+    assert target.config.tamper.tasks == ["testbed_forget", "testbed_retain"] and target.config.train.dtype == "bfloat16"
+    assert load_config(None, []).tamper.tasks == ["wmdp_bio_robust", "mmlu"]  # any other model: the real setting

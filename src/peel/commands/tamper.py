@@ -29,7 +29,10 @@ attacks. Attacks:
     original is --baseline MODEL or the model a run folder unlearned.
 
 tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]);
-your own lm-eval task YAMLs are found with eval.include_path=FOLDER.
+your own lm-eval task YAMLs are found with eval.include_path=FOLDER. A scenario's model as TARGET
+(testbed:filtered) brings its scenario's attack text, tasks and float32 unless set otherwise.
+Everything that can be checked (targets, --baseline, weights, tasks, include_path, attack text) is
+checked before anything is written or any weights load; --dry-run checks the same.
 
 Writes into the run folder or --output-dir (with several targets, --output-dir/<name> each):
   attacks/NAME.json  one finished attack (a rerun does not run it again; other settings under the

@@ -11,18 +11,26 @@ from typing import Any
 import yaml
 
 from peel.config.fields import build, deep_merge, to_dict
+from peel import scenarios
 from peel.config.paths import resolve_paths
 from peel.config.root import Config
 from peel.errors import PeelError, reading
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), relative_to_file: bool = True) -> Config:
-    """Defaults, then the YAML file (and the files it names as `base`), then `dotted.key=value` overrides.
+def load_config(path: str | Path | None = None, overrides: list[str] = (), relative_to_file: bool = True,
+                model: str | None = None) -> Config:
+    """Defaults, then a scenario model's defaults, then the YAML file (and the files it names as
+    `base`), then `dotted.key=value` overrides.
 
     Relative paths in the file are relative to it; a run folder's config.yaml is read with
     `relative_to_file=False`: it records paths as peel was given them (absolute since paths became
-    relative to their file; relative to where peel ran in older runs)."""
+    relative to their file; relative to where peel ran in older runs). The model whose scenario
+    defaults apply (scenarios.defaults: testbed:base brings the testbed's data, tasks and float32)
+    is the overrides' model.name_or_path, else the file's, else `model` (a command's TARGET)."""
     raw = read_yaml(Path(path), relative_to_file=relative_to_file) if path is not None else {}
+    named = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "model.name_or_path"]
+    from_file = raw.get("model", {}).get("name_or_path") if isinstance(raw.get("model"), dict) else None
+    raw = deep_merge(scenarios.defaults((named or [None])[-1] or from_file or model), raw)
     config = build(Config, raw, prefix="")
     return apply_overrides(config, overrides)
 

@@ -34,7 +34,7 @@ def resolve_target(target: str, overrides: list[str]) -> Target:
         if not (model_folder / "config.json").is_file():
             raise PeelError(f"run folder {target!r} has no model/ (the run did not finish; see its run.json)")
         return Target(str(model_folder), path, load_config(path / CONFIG_FILE, overrides, relative_to_file=False))
-    config = load_config(None, overrides)
+    config = load_config(None, overrides, model=target)  # a scenario's model brings its data, tasks and dtype
     if config.model.gguf_file is not None:  # TARGET is the folder holding the GGUF file
         return Target(model_location(target, config.model.gguf_file), None, config)
     if path.is_dir() and not (path / "config.json").is_file():
