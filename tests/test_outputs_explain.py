@@ -74,3 +74,32 @@ def test_step_zero_of_attacks_that_train_nothing_is_explained_with_the_kinds():
     assert STEP_ZERO_NOTE in "\n".join(tamper_lines(record))
     trained = document("m", ["testbed_forget"], attacks[1:], {"testbed_forget": 0.97})
     assert STEP_ZERO_NOTE not in "\n".join(tamper_section({"m": trained}, []))
+
+
+def test_the_tamper_dry_run_names_the_baseline_the_run_will_find(tmp_path, monkeypatch, capsys, tiny_models):
+    """A run folder (such as RUN/distill) whose original has no cached evaluation and whose eval.json
+    has no baseline: the dry run says recovery will not be measured, as the run will find."""
+    from peel.config import load_config, save_config
+
+    monkeypatch.setenv("PEEL_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_models["llama"], run / "model")
+    save_config(load_config(None, [f"model.name_or_path={tiny_models['llama']}", "tamper.tasks=[testbed_forget]",
+                                   "tamper.data.path=testbed:tamper"]), run / "config.yaml")
+    assert main(["tamper", str(run), "--dry-run"]) == 0
+    assert "baseline: none known for testbed_forget, so recovery will not be measured; give --baseline" in capsys.readouterr().out
+    (run / "eval.json").write_text(json.dumps({"accuracy": {"testbed_forget": 0.3}, "baseline": {"accuracy": {"testbed_forget": 0.9}}}))
+    assert main(["tamper", str(run), "--dry-run"]) == 0
+    assert f"baseline: testbed_forget 0.9000 (from the eval.json of {run}" in capsys.readouterr().out
+
+
+def test_a_tamper_output_folder_of_a_bare_model_joins_the_report(tmp_path):
+    from peel.attacks.results import document, write_tamper
+
+    attacks = [{"name": "lr=1e-3", "kind": "fine_tune", "settings": {}, "curve": [{"step": 0, "testbed_forget": 0.24},
+                                                                                 {"step": 10, "testbed_forget": 0.26}]}]
+    write_tamper(tmp_path / "filtered", document("testbed:filtered", ["testbed_forget"], attacks, None))
+    assert main(["report", str(RUN), str(tmp_path / "filtered"), "--output", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "| filtered | 1 | 0.2400 | 0.2600 (step 10) | lr=1e-3 |" in text
+    assert text.count("\n## ") == text.count("\n## Tampering attack") + 2  # one family (l2_rm10's), tampering, runs

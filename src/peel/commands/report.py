@@ -6,7 +6,7 @@ import argparse
 import shutil
 
 from peel.errors import PeelError
-from peel.runs.folder import CONFIG_FILE, PROBE_FILE
+from peel.runs.folder import CONFIG_FILE, PROBE_FILE, TAMPER_FILE
 from pathlib import Path
 
 HELP = "Render markdown tables and plots from run folders (no model loading)."
@@ -19,8 +19,9 @@ state; a tampering table; a probe table (best layer's probe and logit-lens accur
 task); and plots (loss curves per phase, accuracy vs phase, overlaid tamper curves, probe accuracy
 vs layer) in a folder beside the report.
 
-A sweep folder (peel sweep's output_dir) stands for its runs. Anything else among RUN (a file, a
-folder of peel eval or peel tamper --output-dir, any other folder) is skipped with a one-line note.
+A sweep folder (peel sweep's output_dir) stands for its runs; a folder peel tamper --output-dir
+wrote (a model attacked without a run, such as testbed:filtered) joins the tamper tables. Anything
+else among RUN (a file, a folder of peel eval, any other folder) is skipped with a one-line note.
 
 example:
   peel report runs/* --output report.md
@@ -84,7 +85,7 @@ def sort_folders(paths: list[str]) -> tuple[list[Path], list[Path]]:
         path = Path(text)
         if not path.exists():
             raise PeelError(f"{text!r} does not exist; accepted: run folders, sweep folders, folders peel probe wrote")
-        if (path / CONFIG_FILE).is_file():
+        if (path / CONFIG_FILE).is_file() or (path / TAMPER_FILE).is_file():  # a run, or peel tamper --output-dir's folder
             runs.append(path)
         elif (path / SWEEP_FILE).is_file():
             index = read_json(path / SWEEP_FILE, "sweep.json as peel sweep writes it")
@@ -97,7 +98,7 @@ def sort_folders(paths: list[str]) -> tuple[list[Path], list[Path]]:
             runs += found
         if (path / PROBE_FILE).is_file():
             probes.append(path)
-        elif not (path / CONFIG_FILE).is_file() and not (path / SWEEP_FILE).is_file():
+        elif path not in runs and not (path / SWEEP_FILE).is_file():
             skipped.append(text)
             print(f"peel report: skipping {text}: it is {what_it_is(path)}")
     if not runs and not probes:

@@ -116,8 +116,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from peel.unlearning.dry_run import tamper_lines
 
-        print("\n".join(["checked, nothing written:", *tamper_lines(plans)]))
+        print("\n".join(["checked, nothing written:", *tamper_lines(plans, evaluated=bool(args.baseline))]))
         return 0
+    if not args.baseline and not baseline.find_baseline(source):
+        from peel.unlearning.dry_run import baseline_line
+
+        print(baseline_line(source), flush=True)  # said before the attacks, not discovered after them
 
     if args.slurm:
         executor = jobs.make_executor(plans[0].attacks_folder / "jobs", slurm)

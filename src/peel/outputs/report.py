@@ -24,7 +24,7 @@ from peel.outputs.tamper_tables import tamper_section
 from peel.unlearning.methods import all_read_keys, described
 from peel.runs.evaluations import read_evaluation
 from peel.plots import CHANCE
-from peel.runs.folder import CONFIG_FILE, METRICS_FILE, TAMPER_PLOT, read_run_record
+from peel.runs.folder import CONFIG_FILE, METRICS_FILE, TAMPER_FILE, TAMPER_PLOT, read_run_record
 from peel.attacks.results import read_tamper, with_baseline
 
 # Settings a sweep varies inside one table; each becomes a column when it varies (or always, below).
@@ -70,6 +70,10 @@ class Run:
 def read_run(folder: str | Path) -> Run:
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
+    if not config_path.is_file() and (folder / TAMPER_FILE).is_file():  # peel tamper MODEL --output-dir FOLDER
+        evaluation = read_evaluation(folder)
+        baseline = ((evaluation or {}).get("baseline") or {}).get("accuracy")
+        return Run(folder.resolve().name, folder, {}, [], [], {}, evaluation, with_baseline(read_tamper(folder), baseline))
     if not config_path.is_file():
         raise PeelError(f"{str(folder)!r} is not a run folder: it has no config.yaml")
     with reading(str(config_path), "config.yaml as peel writes it"):
@@ -260,7 +264,7 @@ def family_title(family: list[Run], all_families: list[list[Run]]) -> str:
 def render(runs: list[Run], plots: dict[str, list[str]] | None = None, probes: dict[str, dict] | None = None) -> str:
     """The whole report; `plots` maps a section ('tamper' or a run name) to image paths to link."""
     plots = plots or {}
-    grouped = families(runs)
+    grouped = families([run for run in runs if run.settings])  # a model only attacked has no unlearning row
     lines = ["# Unlearning report", ""]
     for family in grouped:
         lines += [f"## {family_title(family, grouped)}", "", *family_table(family), ""]
