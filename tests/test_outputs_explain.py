@@ -103,3 +103,25 @@ def test_a_tamper_output_folder_of_a_bare_model_joins_the_report(tmp_path):
     text = (tmp_path / "r.md").read_text()
     assert "| filtered | 1 | 0.2400 | 0.2600 (step 10) | lr=1e-3 |" in text
     assert text.count("\n## ") == text.count("\n## Tampering attack") + 2  # one family (l2_rm10's), tampering, runs
+
+
+def test_a_distilled_student_reports_as_a_student_and_leaves_other_headings_alone(tmp_path):
+    import yaml
+
+    from peel.outputs.report import read_run, render
+
+    runs = sorted((Path(__file__).parent / "fixtures" / "report" / "runs").iterdir())
+    before = [line for line in render([read_run(run) for run in runs]).splitlines() if line.startswith("## ")]
+    student = tmp_path / "distill"
+    shutil.copytree(RUN, student)
+    config = yaml.safe_load((student / "config.yaml").read_text())
+    config["distill"] = {"run": str(RUN.resolve()), "alpha": 0.8, "steps": 300, "lr": 1e-3, "with_forget": False}
+    (student / "config.yaml").write_text(yaml.safe_dump(config))
+    (student / "metrics.jsonl").write_text('{"step": 1, "distill_loss": 2.0}\n')
+    (student / "run.json").write_text('{"status": "completed", "total_steps": 300}')
+    text = render([read_run(run) for run in [*runs, student]])
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert [heading for heading in headings if "distilled" not in heading] == before  # no other heading moved
+    assert "## distilled students of l2_rm10 (teacher: its model/; alpha: the share re-initialised)" in headings
+    row = next(line for line in text.splitlines() if line.startswith("| distill |"))
+    assert row.startswith("| distill | - | 0.8 | 300 | 1e-3 | False | 300 |") and "{" not in row

@@ -45,7 +45,11 @@ SWEPT = {
 ALWAYS_SHOWN = ("unlearn.remove_coef", "unlearn.retain_coef", "train.lr")
 # Settings that never split families: where results went, what they are called, how they are checked,
 # where they are watched.
-IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "probe.", "train.checkpoint_every")
+IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "probe.", "train.checkpoint_every", "distill.")
+# A distilled student (peel distill) keeps its teacher's config beside its distill section: its
+# family is its teacher's students, titled by them, with these settings as columns.
+STUDENT_SETTINGS = {"distill.alpha": "alpha", "distill.steps": "distill steps", "distill.lr": "distill lr",
+                    "distill.with_forget": "with forget"}
 # Settings named in a family's title, in this order; an adversary joins them when there is one.
 TITLE_KEYS = ("unlearn.adapter", "unlearn.forget_loss", "unlearn.retain_loss", "unlearn.retain_layers",
               "unlearn.grad_filter", "unlearn.retain_ramp")
@@ -121,8 +125,15 @@ def read_lines(path: Path) -> list[dict]:
 # Families, columns and labels
 
 
+def teacher(run: Run) -> str | None:
+    """The run folder a distilled student learned from (distill.run), None for an unlearning run."""
+    return run.settings.get("distill.run")
+
+
 def family_key(run: Run) -> tuple:
     fixed = {k: v for k, v in run.settings.items() if k not in SWEPT and not k.startswith(IGNORED_PREFIXES)}
+    if teacher(run):
+        fixed = {"distill.run": teacher(run)}  # students of one teacher share a table
     return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in fixed.items()))
 
 
@@ -134,10 +145,14 @@ def families(runs: list[Run]) -> list[list[Run]]:
 
 
 def layers_text(run: Run) -> str:
+    if teacher(run):
+        return "-"  # a student trains every layer
     layers = run.record.get("layers") or list(dict.fromkeys(step["layer"] for step in run.steps if "layer" in step))
     if not layers:
         value = run.settings.get("unlearn.layers")
-        return "-" if value is None else str(value)
+        if isinstance(value, dict) and {"start", "end", "step"} <= set(value):
+            return f"{value['start']}→{value['end']} (step {value['step']})"
+        return "-" if value is None else ", ".join(map(str, value)) if isinstance(value, list) else str(value)
     gaps = {a - b for a, b in zip(layers, layers[1:])}
     if len(layers) >= 2 and len(gaps) == 1:
         return f"{layers[0]}→{layers[-1]} (step {gaps.pop()})"
@@ -202,6 +217,8 @@ def family_table(family: list[Run]) -> list[str]:
         key in ALWAYS_SHOWN
         or len({json.dumps(run.settings.get(key)) for run in family}) > 1
         or (key == "unlearn.l2sp_coef" and any(run.settings.get(key) for run in family)))]
+    if teacher(family[0]):  # the teacher's unlearning settings are its own table's
+        shown = list(STUDENT_SETTINGS)
     baseline_record = next((run.evaluation["baseline"] for run in family if run.evaluation and run.evaluation.get("baseline")), None)
     baseline = baseline_record["accuracy"] if baseline_record else {}
     tasks = list(dict.fromkeys([*baseline, *(t for run in family if run.evaluation for t in run.evaluation["accuracy"])]))
@@ -216,7 +233,7 @@ def family_table(family: list[Run]) -> list[str]:
                          or any(task in (run.evaluation or {}).get("correct_prob", {}) for run in family)]
     with_rank = any(run.record.get("update_rank") for run in family)
 
-    header = ["Run", "Layers", *(SWEPT[key] for key in shown), "Steps", "retain_loss", "forget_loss",
+    header = ["Run", "Layers", *({**SWEPT, **STUDENT_SETTINGS}[key] for key in shown), "Steps", "retain_loss", "forget_loss",
               *(TASK_TITLES.get(task, task) for task in tasks),
               *(f"{TASK_TITLES.get(task, task)} p(correct)" for task in probability_tasks),
               *(["Stable rank", "Effective rank"] if with_rank else []), "State", "Notes"]
@@ -250,14 +267,17 @@ def family_table(family: list[Run]) -> list[str]:
 
 def family_title(family: list[Run], all_families: list[list[Run]]) -> str:
     settings = family[0].settings
+    if teacher(family[0]):
+        return f"distilled students of {Path(teacher(family[0])).name} (teacher: its model/; alpha: the share re-initialised)"
     title = " · ".join(f"{key.split('.')[-1]} {number_text(settings.get(key))}" for key in TITLE_KEYS if key in settings)
     if settings.get(ADVERSARY_KEY, "none") != "none":  # as the adversary describes itself (methods.py)
         unlearn = {key.removeprefix("unlearn."): value for key, value in settings.items() if key.startswith("unlearn.")}
         title += f" · adversary {described('adversary', unlearn)}"
     # Settings that tell this family apart from the others, beyond the usual ones in the title.
-    differing = sorted({key for other in all_families for key, _ in set(family_key(family[0])) ^ set(family_key(other[0]))})
+    differing = sorted({key for other in all_families if not teacher(other[0])  # students are titled by their teacher
+                        for key, _ in set(family_key(family[0])) ^ set(family_key(other[0]))})
     shown_keys = {*TITLE_KEYS, ADVERSARY_KEY}
-    extra = [f"{key}={number_text(settings.get(key))}" for key in differing if key not in shown_keys]
+    extra = [f"{key}={number_text(settings.get(key))}" for key in differing if key not in shown_keys and not key.startswith("distill.")]
     return title + (f" ({', '.join(extra)})" if extra else "")
 
 
