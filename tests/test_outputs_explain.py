@@ -125,3 +125,24 @@ def test_a_distilled_student_reports_as_a_student_and_leaves_other_headings_alon
     assert "## distilled students of l2_rm10 (teacher: its model/; alpha: the share re-initialised)" in headings
     row = next(line for line in text.splitlines() if line.startswith("| distill |"))
     assert row.startswith("| distill | - | 0.8 | 300 | 1e-3 | False | 300 |") and "{" not in row
+
+
+def test_unlearn_and_distill_end_by_saying_what_they_measured(tmp_path):
+    from peel.runs.evaluations import measured_line, write_evaluation
+
+    assert measured_line(tmp_path).startswith("measured: nothing (eval.tasks is empty)")
+    write_evaluation(tmp_path, "m", {"accuracy": {"testbed_forget": 0.255, "testbed_retain": 0.9}},
+                     baseline={"accuracy": {"testbed_forget": 0.97}})
+    assert measured_line(tmp_path).startswith("measured: testbed_forget 0.2550 (baseline 0.9700), testbed_retain 0.9000;")
+
+
+def test_distill_evaluates_a_scenario_run_on_its_tasks_when_the_run_evaluated_nothing():
+    from peel.commands.distill import evaluated_by_default
+    from peel.config import load_config
+
+    silent = load_config(None, ["model.name_or_path=testbed:base", "eval.tasks=[]"])
+    assert evaluated_by_default(silent).eval.tasks == ["testbed_forget", "testbed_retain"]
+    chosen = load_config(None, ["model.name_or_path=testbed:base", "eval.tasks=[testbed_forget]"])
+    assert evaluated_by_default(chosen).eval.tasks == ["testbed_forget"]
+    real = load_config(None, ["model.name_or_path=EleutherAI/deep-ignorance-unfiltered"])
+    assert evaluated_by_default(real).eval.tasks == []  # a real model: no guess

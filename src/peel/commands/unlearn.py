@@ -46,5 +46,8 @@ def run(args: argparse.Namespace) -> int:
         from peel.outputs.model_card import write_model_cards
 
         write_model_cards(output_dir)  # over peft's blank template, which names the base by its local path
+        from peel.runs.evaluations import measured_line
+
+        print(measured_line(output_dir))
         print(f"run folder: {output_dir}")
     return 0
