@@ -146,3 +146,41 @@ def test_distill_evaluates_a_scenario_run_on_its_tasks_when_the_run_evaluated_no
     assert evaluated_by_default(chosen).eval.tasks == ["testbed_forget"]
     real = load_config(None, ["model.name_or_path=EleutherAI/deep-ignorance-unfiltered"])
     assert evaluated_by_default(real).eval.tasks == []  # a real model: no guess
+
+
+def probe_document() -> dict:
+    rows = [{"layer": 0, "testbed_forget": 0.9}, {"layer": 1, "testbed_forget": 0.4}]
+    lens = [{"layer": 0, "testbed_forget": 0.3}, {"layer": 1, "testbed_forget": 0.5}]
+    return {"tasks": ["testbed_forget"], "chance": {"testbed_forget": 0.25},
+            "targets": {"base": {"probe": rows, "logit_lens": lens},
+                        "unlearned": {"probe": rows, "logit_lens": lens, "depth": [{"layer": 0, "testbed_forget": 0.8},
+                                                                                   {"layer": 1, "testbed_forget": 0.3}]}}}
+
+
+def test_peel_probe_prints_the_best_layers_its_tables_show():
+    from peel.outputs.probe_tables import best_lines, probe_table
+
+    lines = best_lines(probe_document())
+    assert lines == ["base testbed_forget: probe 0.900 (L0), lens 0.500 (L1), chance 0.250",
+                     "unlearned testbed_forget: probe 0.900 (L0), lens 0.500 (L1), depth 0.800 (L0), chance 0.250"]
+    table = "\n".join(probe_table(probe_document()))
+    assert "| unlearned | 0.900 (L0) | 0.500 (L1) | 0.800 (L0) |" in table
+
+
+def test_probe_png_keeps_one_colour_per_model_in_every_row(tmp_path, monkeypatch):
+    from peel import plots
+
+    drawn = []
+    pyplot = plots._pyplot()
+    original = pyplot.Axes.plot
+
+    def plot(axis, *args, **kwargs):
+        drawn.append((axis.get_title(), kwargs.get("label"), kwargs.get("color")))
+        return original(axis, *args, **kwargs)
+
+    monkeypatch.setattr(pyplot.Axes, "plot", plot)
+    plots.plot_probe(probe_document(), tmp_path / "probe.png")
+    colours = {}
+    for _, label, colour in drawn:
+        colours.setdefault(label, set()).add(colour)
+    assert len(colours["unlearned"]) == 1 and len(colours["base"]) == 1 and colours["base"] != colours["unlearned"]

@@ -104,14 +104,17 @@ def plot_probe(document: dict, path: str | Path) -> Path:
     if any("depth" in entry for entry in document["targets"].values()):
         readers.append(("depth", "depth: original's layers after it"))
     figure, axes = pyplot.subplots(len(readers), len(tasks), figsize=(5.5 * len(tasks), 4 * len(readers)), squeeze=False, sharey=True)
+    colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
     for column, task in enumerate(tasks):
         for row, (key, title) in enumerate(readers):
             axis = axes[row][column]
-            for name, entry in document["targets"].items():
+            for index, (name, entry) in enumerate(document["targets"].items()):
                 points = [(point["layer"], point[task]) for point in entry.get(key, []) if task in point]
                 if not points:
                     continue
-                axis.plot([layer for layer, _ in points], [value for _, value in points], marker="o", label=name)
+                # One colour per model in every panel, also where a model has no row (depth needs an original).
+                axis.plot([layer for layer, _ in points], [value for _, value in points], marker="o", label=name,
+                          color=colours[index % len(colours)])
             chance = document["chance"].get(task)
             if chance is not None:
                 axis.axhline(chance, color="grey", linestyle=":", label=f"chance {chance:.3f}")
