@@ -55,6 +55,7 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
         assert all(set(point) == {"step", "forget_acc"} and 0 <= point["forget_acc"] <= 1 for point in curve)
         attacks = summary["attacks"][name]
         assert [attack["name"] for attack in attacks] == ATTACKS
+        assert [attack["label"] for attack in attacks if attack["label"].endswith("(benign)")] == ["full, lr 1e-3, on testbed:retain (benign)"]
         assert all(set(point) == {"step", "forget_acc", "retain_acc"} for attack in attacks for point in attack["curve"])
         assert summary["resistance"][name]["worst"] == max(point["forget_acc"] for point in curve)
         assert summary["resistance"][name]["steps_to_recover"] is not None  # measured against the base model

@@ -101,7 +101,7 @@ def test_a_tamper_output_folder_of_a_bare_model_joins_the_report(tmp_path):
     write_tamper(tmp_path / "filtered", document("testbed:filtered", ["testbed_forget"], attacks, None))
     assert main(["report", str(RUN), str(tmp_path / "filtered"), "--output", str(tmp_path / "r.md")]) == 0
     text = (tmp_path / "r.md").read_text()
-    assert "| filtered | 1 | 0.2400 | 0.2600 (step 10) | lr=1e-3 |" in text
+    assert "| filtered | 1 | 0.2400 | 0.2600 (step 10) | lr 1e-3 |" in text
     assert text.count("\n## ") == text.count("\n## Tampering attack") + 2  # one family (l2_rm10's), tampering, runs
 
 
@@ -184,3 +184,23 @@ def test_probe_png_keeps_one_colour_per_model_in_every_row(tmp_path, monkeypatch
     for _, label, colour in drawn:
         colours.setdefault(label, set()).add(colour)
     assert len(colours["unlearned"]) == 1 and len(colours["base"]) == 1 and colours["base"] != colours["unlearned"]
+
+
+def test_attacks_read_as_their_settings_and_keep_their_file_safe_names():
+    from peel.attacks.results import readable
+    from peel.outputs.tamper_tables import resistance_table
+
+    benign = {"name": "adapter=full,lr=0.001,path=testbedretain", "kind": "fine_tune",
+              "settings": {"adapter": "full", "lr": 0.001, "data.path": "testbed:retain"},
+              "curve": [{"step": 0, "testbed_forget": 0.25}, {"step": 10, "testbed_forget": 0.9}]}
+    assert readable(benign, "testbed:retain") == "full, lr 1e-3, on testbed:retain (benign)"
+    assert readable(benign) == "full, lr 1e-3, on testbed:retain"
+    assert readable({"name": "few_shot=5", "settings": {"few_shot": 5}}) == "5-shot prompt"
+    assert readable({"name": "kind=quantize,bits=4", "settings": {"bits": 4}}) == "quantize, bits 4"
+    assert readable({"name": "attack", "settings": {}}) == "attack"
+    from peel.attacks.results import document
+
+    record = document("m", ["testbed_forget"], [benign], {"testbed_forget": 0.97})
+    assert record["summary"]["testbed_forget"]["worst_attack"] == benign["name"]  # the record keeps the name
+    row = next(line for line in resistance_table({"m": record}, {"m": "testbed:retain"}) if line.startswith("| m |"))
+    assert "| full, lr 1e-3, on testbed:retain (benign) |" in row

@@ -190,6 +190,8 @@ def draw(plans, documents: dict, compared: dict, output_dir: str | None) -> None
 
 
 def print_summary(folder: Path, document: dict) -> None:
+    from peel.attacks.results import label_of
+
     for task, entry in document["summary"].items():
         recovery, baseline = entry["steps_to_recover"], (document.get("baseline") or {}).get(task)
         nothing_lost = f"nothing to recover (step 0 at or above the baseline {baseline:.4f})" if baseline is not None else "no baseline"
@@ -197,6 +199,6 @@ def print_summary(folder: Path, document: dict) -> None:
             f"{share}% back at step {step}" if step is not None else f"{share}% never" for share, step in recovery.items())
         retain = "" if entry["retain_at_worst"] is None else f"; {document['retain_task']} there {entry['retain_at_worst']:.4f}"
         print(f"{folder}: {task}: step 0 {entry['step0']:.4f}, worst {entry['worst']:.4f} "
-              f"({entry['worst_attack']}, step {entry['worst_step']}); {recovered}{retain}")
+              f"({label_of(document, entry['worst_attack'])}, step {entry['worst_step']}); {recovered}{retain}")
     if document["pending"]:
         print(f"{folder}: not finished yet: {', '.join(document['pending'])}")

@@ -295,7 +295,8 @@ def render(runs: list[Run], plots: dict[str, list[str]] | None = None, probes: d
         "",
     ]
     if any(run.tamper for run in runs):
-        lines += tamper_section({run.name: run.tamper for run in runs if run.tamper}, plots.get("tamper", []))
+        lines += tamper_section({run.name: run.tamper for run in runs if run.tamper}, plots.get("tamper", []),
+                                {run.name: run.settings.get("data.retain.path") for run in runs})
     if probes:
         lines += probe_section(probes, plots)
     linked = [run for run in runs if plots.get(run.name)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from peel.attacks.results import lost
+from peel.attacks.results import label_of, lost
 from peel.outputs.markdown import TASK_TITLES, table
 
 
@@ -19,10 +19,11 @@ STEP_ZERO_NOTE = ("Attacks that train nothing (few-shot prompts, quantization, o
                   "score beside the model's own step 0.")
 
 
-def tamper_section(documents: dict[str, dict], plots: list[str]) -> list[str]:
+def tamper_section(documents: dict[str, dict], plots: list[str], retain_texts: dict[str, str | None] | None = None) -> list[str]:
     """The whole section for tamper.json documents by model name; a grid with attacks still
-    pending says so (what `peel tamper --slurm` leaves while its jobs are queued)."""
-    lines = ["## Tampering attack", "", *resistance_table(documents), *tamper_table(documents)]
+    pending says so (what `peel tamper --slurm` leaves while its jobs are queued). `retain_texts`:
+    each model's retain corpus, so an attack on it reads as benign."""
+    lines = ["## Tampering attack", "", *resistance_table(documents, retain_texts or {}), *tamper_table(documents)]
     for name, document in documents.items():
         if document.get("pending"):
             finished = len(document["attacks"])
@@ -38,10 +39,11 @@ def tamper_section(documents: dict[str, dict], plots: list[str]) -> list[str]:
     return lines + [f"![tamper curves]({path})" for path in plots] + [""]
 
 
-def resistance_table(documents: dict[str, dict]) -> list[str]:
+def resistance_table(documents: dict[str, dict], retain_texts: dict[str, str | None] | None = None) -> list[str]:
     """Per forget task, one row per attacked model: step 0, the worst case over the attacks within
-    the attack budget, which attack, the steps to recover 50% / 90% of what was lost, and the
-    retain task's accuracy in that attack at that step."""
+    the attack budget, which attack (readably), the steps to recover 50% / 90% of what was lost, and
+    the retain task's accuracy in that attack at that step."""
+    retain_texts = retain_texts or {}
     attacked = {name: document for name, document in documents.items() if document["summary"]}
     lines = []
     for task in dict.fromkeys(task for document in attacked.values() for task in document["summary"]):
@@ -56,7 +58,8 @@ def resistance_table(documents: dict[str, dict]) -> list[str]:
             retain, retain_task = entry["retain_at_worst"], document["retain_task"]
             retain_text = "-" if retain is None else f"{retain:.4f} ({TASK_TITLES.get(retain_task, retain_task)})"
             rows.append([name, str(len(document["attacks"])), f"{entry['step0']:.4f}",
-                         f"{entry['worst']:.4f} (step {entry['worst_step']})", entry["worst_attack"], *back, retain_text])
+                         f"{entry['worst']:.4f} (step {entry['worst_step']})",
+                         label_of(document, entry["worst_attack"], retain_texts.get(name)), *back, retain_text])
         lines += [f"### Tamper resistance: {TASK_TITLES.get(task, task)}", "", *table(rows), ""]
     return lines
 
