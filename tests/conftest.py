@@ -12,6 +12,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread per test process, and in the CLI subprocesses the end-to-end tests start: these models
+# are tiny, and on shared cores more threads only wait for each other (benchmarks/thread_bench.py).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 WORDS = (

@@ -102,6 +102,12 @@ def unlearn(workspace: Workspace, *overrides: str) -> list[str]:
     return ["unlearn", str(workspace.config), *overrides]
 
 
+def tamper(workspace: Workspace, target: str, *more: str) -> list[str]:
+    """peel tamper on the testbed's attack text and tasks, so nothing needs the hub."""
+    return ["tamper", target, "--output-dir", str(workspace.root / "t"), "tamper.data.path=testbed:tamper",
+            "tamper.tasks=[testbed_forget]", *more]
+
+
 def data(workspace: Workspace, name: str, content: str | bytes) -> list[str]:
     return unlearn(workspace, f"data.forget.path={write(workspace, name, content)}")
 
@@ -149,6 +155,11 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
      "tab.yaml' is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token (YAML indents with spaces"),
     ("keyword list missing beside the config", lambda w: ["unlearn", str(write(w, "keywords_config.yaml", f"base: {w.config}\ndata: {{forget: {{keywords: no_such_list.txt}}}}\n"))],
      "inputs/no_such_list.txt"),
+    ("config that is a weights file", lambda w: ["unlearn", str(w.model / "model.safetensors")],
+     "model.safetensors' looks like model weights; accepted: a peel config"),
+    ("config that is a data file", lambda w: ["unlearn", str(w.forget)], "forget.jsonl' looks like a JSON Lines data file"),
+    ("config that is a model's config.json", lambda w: ["unlearn", str(w.model / "config.json")],
+     "config.json' looks like a model's config.json (keys architectures"),
     ("config path is a folder", lambda w: ["unlearn", str(w.runs)], "runs' is a folder; accepted: a YAML config file"),
     # unlearn: data files
     ("empty forget file", lambda w: data(w, "empty.jsonl", ""), "empty.jsonl' is empty"),
@@ -161,6 +172,9 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("unknown testbed name", lambda w: unlearn(w, "data.forget.path=testbed:pathogens"), "unknown testbed name 'testbed:pathogens'"),
     # unlearn: models
     ("missing model", lambda w: unlearn(w, "model.name_or_path=/nonexistent/model"), "'/nonexistent/model'"),
+    ("misspelt model folder", lambda w: unlearn(w, f"model.name_or_path={w.model.parent / (w.model.name + 'x')}"),
+     "does not exist (did you mean "),
+    ("missing relative model folder", lambda w: unlearn(w, "model.name_or_path=./mymodl"), "mymodl' does not exist; read as a local path"),
     ("corrupt weights", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'corrupt_model', b'not safetensors', True)}"), "corrupt_model"),
     ("no tokenizer", lambda w: unlearn(w, f"model.name_or_path={bad_model_folder(w, 'no_tokenizer', None, False)}"), "no_tokenizer"),
     # GPT-NeoX without tokenizer files: transformers builds an empty two-token tokenizer, which once
@@ -192,6 +206,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("tamper more examples than the corpus", lambda w: ["tamper", "testbed:base", "--output-dir", str(w.root / "t"), "tamper.data.path=testbed:tamper", "tamper.tasks=[testbed_forget]", "tamper.num_examples=5000"], "holds 300 usable texts"),
     ("tamper dry run of a bad attack value", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.lr=nan"], "'tamper.lr' got nan"),
     ("tamper dry run of a missing attack file", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "--dry-run", "tamper.tasks=[testbed_forget]", "tamper.data.path=/nonexistent/attack.jsonl"], "'/nonexistent/attack.jsonl' does not exist"),
+    ("tamper of a kind's option as a section key", lambda w: tamper(w, str(w.model), "tamper.bits=4"),
+     "tamper.bits=4: bits is an option of the attack kind quantize, set per attack; accepted: --grid tamper.kind=quantize"),
     ("tamper without an output folder", lambda w: ["tamper", str(w.model)], "needs --output-dir"),
     ("tamper unknown option of a kind", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: soft_prompt, adapter: lora}]"], "unknown config key 'tamper.grid[0].adapter' for kind soft_prompt"),
     ("tamper soft prompt of 0 tokens", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: soft_prompt, tokens: 0}]"], "'tamper.grid[0].tokens' got 0"),
@@ -201,6 +217,21 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("tamper prompt template without a question slot", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: prompt, template: 'Answer this.'}]"], "prompt template 'Answer this.' has no {question} slot"),
     ("tamper eval step after the last", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{steps: 20, eval_steps: [10, 40]}]"], "tamper.eval_steps has step 40, after the attack's last (tamper.steps=20)"),
     ("tamper prune by change without an original", lambda w: ["tamper", str(w.model), "--output-dir", str(w.root / "t"), "tamper.grid=[{kind: prune, by: change}]"], "attack 'kind=prune,by=change' needs the original model"),
+    # tamper: everything the run would refuse is refused before attacks/grid.json is written or weights load,
+    # and the dry run refuses it too
+    ("tamper of a missing target", lambda w: tamper(w, str(w.root / "no_model")), "target '"),
+    ("tamper of a misspelt run folder", lambda w: tamper(w, str(w.runs / "goood")), "does not exist (did you mean "),
+    ("tamper dry run of a missing target", lambda w: tamper(w, str(w.root / "no_model"), "--dry-run"), "no_model' does not exist"),
+    ("tamper of corrupt weights", lambda w: tamper(w, str(bad_model_folder(w, 'corrupt_model', b'not safetensors', True))),
+     "cannot read the weights of model"),
+    ("tamper of an unknown task", lambda w: tamper(w, str(w.model), "tamper.tasks=[testbed_forgett]"), "unknown evaluation task 'testbed_forgett'"),
+    ("tamper dry run of an unknown task", lambda w: tamper(w, str(w.model), "--dry-run", "tamper.tasks=[testbed_forgett]"),
+     "unknown evaluation task 'testbed_forgett'"),
+    ("tamper dry run of a missing baseline", lambda w: tamper(w, str(w.model), "--dry-run", "--baseline", str(w.root / "no_base")),
+     "--baseline: model folder '"),
+    ("tamper include_path that is a file", lambda w: tamper(w, str(w.model), f"eval.include_path={w.forget}"), "is not a folder"),
+    ("tamper include_path with a broken task file", lambda w: tamper(w, str(w.model), "eval.include_path=" + str(write(w, "tasks/broken.yaml", "task: mine\ndataset_path: [\n").parent)),
+     "broken.yaml' in eval.include_path is not valid YAML at line 3"),
     # probe
     ("probe layer past the model", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[1, 9]"], "probe.layers contains layer 9; the model has layers 0..3"),
     ("probe negative layer", lambda w: ["probe", str(w.model), "--tasks", "testbed_forget", "--output-dir", str(w.root / "p"), "probe.layers=[-1]"], "'probe.layers[0]' got -1"),
@@ -244,6 +275,7 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], str]] = [
     ("distill of a folder that is no run", lambda w: ["distill", str(w.root / "no_run")], "is not a run folder (no config.yaml)"),
     ("distill of a run without a model", lambda w: ["distill", str(w.runs / "good"), "--output-dir", str(w.root / "d")],
      "holds no completed run"),
+    ("distill without a run", lambda w: ["distill"], "the following arguments are required: RUN (see"),
     # the command line itself
     ("unknown option", lambda w: ["unlearn", str(w.config), "--no-such-flag"], "--no-such-flag"),
     ("override without a value", lambda w: unlearn(w, "train.lr"), "override 'train.lr' is not of the form dotted.key=value"),
@@ -287,7 +319,7 @@ def test_the_suite_covers_every_command(workspace):
 def test_a_shell_sees_exit_status_2_and_one_line(workspace, argv_of):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     completed = subprocess.run([sys.executable, "-m", "peel", *argv_of(workspace)], capture_output=True, text=True,
-                               env=environment, timeout=300)
+                               env=environment)  # no time limit: a busy machine is slow, not wrong
     assert completed.returncode == 2, completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1 and "Traceback" not in completed.stderr
 

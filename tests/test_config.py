@@ -118,3 +118,29 @@ def test_a_run_folders_config_keeps_the_meaning_of_its_paths(tmp_path, monkeypat
     (run / "config.yaml").write_text("data: {forget: {path: data/forget.jsonl}}\n")
     monkeypatch.chdir(tmp_path)
     assert load_config(run / "config.yaml", relative_to_file=False).data.forget.path == str(tmp_path / "data" / "forget.jsonl")
+
+
+def test_a_data_section_given_as_a_path_is_its_path(tmp_path, monkeypatch):
+    """`distill.data=PATH` means `distill.data.path=PATH`, on the command line and in a file, for every data section."""
+    monkeypatch.chdir(tmp_path)
+    short = load_config(None, ["distill.data=texts.jsonl", "data.forget=testbed:forget", "tamper.data=testbed:tamper"])
+    long = load_config(None, ["distill.data.path=texts.jsonl", "data.forget.path=testbed:forget", "tamper.data.path=testbed:tamper"])
+    assert short == long and short.distill.data.path == str(tmp_path / "texts.jsonl")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("distill: {data: more.jsonl}\n")
+    assert load_config(tmp_path / "sub" / "c.yaml").distill.data.path == str(tmp_path / "sub" / "more.jsonl")
+
+
+def test_a_scenario_model_brings_its_data_tasks_and_float32(tmp_path):
+    """`model.name_or_path: testbed:base` alone (or `peel tamper testbed:filtered`) is not attacked
+    or evaluated with WMDP: the scenario's text, tasks and dtype apply wherever nothing else is set."""
+    from peel.runs.targets import resolve_target
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name_or_path: testbed:base}\ntamper: {tasks: [testbed_forget]}\n")
+    config = load_config(path)
+    assert config.eval.tasks == ["testbed_forget", "testbed_retain"] and config.tamper.tasks == ["testbed_forget"]
+    assert config.tamper.data.path == "testbed:tamper" and config.train.dtype == "float32"
+    target = resolve_target("testbed:filtered", ["train.dtype=bfloat16"])
+    assert target.config.tamper.tasks == ["testbed_forget", "testbed_retain"] and target.config.train.dtype == "bfloat16"
+    assert load_config(None, []).tamper.tasks == ["wmdp_bio_robust", "mmlu"]  # any other model: the real setting

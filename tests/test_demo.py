@@ -26,7 +26,7 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     completed = subprocess.run(
         [sys.executable, "-m", "peel", "demo", "--output-dir", str(output), *REDUCED],
-        capture_output=True, text=True, env=environment, timeout=600,
+        capture_output=True, text=True, env=environment,  # no time limit: a busy machine is slow, not wrong
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
 
@@ -55,6 +55,7 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
         assert all(set(point) == {"step", "forget_acc"} and 0 <= point["forget_acc"] <= 1 for point in curve)
         attacks = summary["attacks"][name]
         assert [attack["name"] for attack in attacks] == ATTACKS
+        assert [attack["label"] for attack in attacks if attack["label"].endswith("(benign)")] == ["full, lr 1e-3, on testbed:retain (benign)"]
         assert all(set(point) == {"step", "forget_acc", "retain_acc"} for attack in attacks for point in attack["curve"])
         assert summary["resistance"][name]["worst"] == max(point["forget_acc"] for point in curve)
         assert summary["resistance"][name]["steps_to_recover"] is not None  # measured against the base model
@@ -62,7 +63,8 @@ def test_reduced_demo_writes_a_summary_and_unlearns(tmp_path):
     assert summary["wall_seconds"] > 0
     assert summary["models"]["unlearned"]["forget_acc"] < summary["models"]["base"]["forget_acc"]
     markdown = (output / "summary.md").read_text()
-    assert markdown.startswith("| model | forget accuracy | retain accuracy | forget probe")
+    assert markdown.startswith("**What this showed.** Unlearning took forget accuracy from ")
+    assert "| model | forget accuracy | retain accuracy | forget probe" in markdown
     assert "Probes (best layer" in markdown and "| Chance |" in markdown
     assert (output / "tamper.png").stat().st_size > 0
     assert (output / "unlearn" / "model").is_dir() and (output / "filtered" / "tamper.json").is_file()

@@ -162,7 +162,7 @@ def test_short_elements_run_on_smollm2(tmp_path):
         [sys.executable, "-m", "peel", "unlearn", str(config), f"output_dir={output}", "unlearn.layers=[24]",
          "data.num_examples=8", "train.per_device_batch_size=4", "train.global_batch_size=4", "train.epochs_per_layer=1",
          "eval.limit=8"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True,  # no time limit: a busy machine is slow, not wrong (4.5 min alone on 2 cores)
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     record = json.loads((output / "eval.json").read_text())

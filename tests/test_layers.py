@@ -44,6 +44,6 @@ def test_no_module_is_longer_than_about_400_lines():
 ])
 def test_reading_configs_and_run_folders_imports_no_torch(code):
     check = f"import sys; {code}; print(sorted(m for m in ('torch', 'transformers', 'peft', 'lm_eval') if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=PACKAGE.parents[1])
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=PACKAGE.parents[1])  # the repository root, where configs/ is
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"

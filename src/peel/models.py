@@ -42,10 +42,47 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+# How a name that does not exist on disk is read: as a local path (and refused) when it starts
+# with /, ./, ../ or ~, has more than one '/', or its first part is a folder here; else as a hub id
+# (owner/name). Said in the refusal, so a user can tell which reading was taken.
+LOCAL_RULE = "read as a local path (it starts with /, ./, ../ or ~, has two or more '/', or begins with a folder here; a hub id is owner/name)"
+
+
+def looks_local(name: str) -> bool:
+    """True where `name` can only be meant as a path on this machine (see LOCAL_RULE)."""
+    if name.startswith(("/", "./", "../", "~")) or name in (".", "..") or name.count("/") > 1:
+        return True
+    first = name.split("/", 1)[0]
+    return "/" in name and Path(first).is_dir()
+
+
+def missing_path_message(what: str, name: str) -> str:
+    """"WHAT 'runs/demo/unlern' does not exist (did you mean 'runs/demo/unlearn'?)": the closest
+    name in the deepest folder of the path that does exist, where one is close."""
+    import difflib
+
+    path = Path(name).expanduser()
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    missing, *rest = path.relative_to(parent).parts
+    siblings = sorted(child.name for child in parent.iterdir()) if parent.is_dir() and os.access(parent, os.R_OK) else []
+    close = difflib.get_close_matches(missing, siblings, n=1, cutoff=0.6)
+    if not close:
+        return f"{what} {name!r} does not exist"
+    written, tail = name.rstrip("/"), str(path.relative_to(parent))
+    head = written[: -len(tail)] if written.endswith(tail) else f"{parent}/"
+    return f"{what} {name!r} does not exist (did you mean {head + '/'.join([close[0], *rest])!r}?)"
+
+
 def check_local_model(path: str) -> None:
     """A local path must be a save_pretrained folder: transformers reads any other file as a
-    config.json and says it is not valid JSON, naming neither the real cause nor the remedy."""
+    config.json and says it is not valid JSON, naming neither the real cause nor the remedy; and
+    a missing folder is named as one, not sent to the hub as a malformed repo id."""
     local = Path(path).expanduser()
+    if not local.exists() and looks_local(path):
+        raise PeelError(f"{missing_path_message('model folder', path)}; {LOCAL_RULE}; "
+                        f"accepted: {MODEL_ACCEPTED}")
     if local.is_file():
         raise PeelError(f"model {path!r} is a file, not a model folder; accepted: the folder that holds config.json "
                         f"and the weights (here perhaps {str(local.parent)!r}), a {GGUF_SUFFIX} file, or a hub id")
@@ -63,6 +100,26 @@ def load_model_config(name_or_path: str, revision: str | None = None, trust_remo
     path = resolve_model_path(name_or_path)
     with reading(f"model {name_or_path!r}", MODEL_ACCEPTED, verb="load"):
         return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def check_weights(name_or_path: str) -> None:
+    """A local model folder's safetensors weights are readable (their headers, not their tensors):
+    a corrupt file is found before anything is written or a larger model spends minutes loading.
+    Hub ids and GGUF files are left to the load."""
+    from safetensors import safe_open
+
+    if name_or_path.endswith(GGUF_SUFFIX):
+        return
+    folder = Path(resolve_model_path(name_or_path)).expanduser()
+    if not folder.is_dir():
+        return
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise PeelError(f"model folder {name_or_path!r} holds no .safetensors weights; accepted: {MODEL_ACCEPTED}")
+    for file in files:
+        with reading(f"the weights of model {name_or_path!r} ({file.name})", "a folder with config.json and safetensors weights, or a hub id"):
+            with safe_open(str(file), framework="pt") as weights:
+                weights.keys()
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):

@@ -18,11 +18,12 @@ def _pyplot():
 
 
 def task_names(documents: dict[str, dict]) -> list[str]:
+    """The tasks measured in any document, else the tasks they track (a grid whose attacks are all pending)."""
     names: list[str] = []
     for record in documents.values():
         for row in record["worst_case"]:
             names.extend(key for key in row if key != "step" and key not in names)
-    return names
+    return names or list(dict.fromkeys(task for record in documents.values() for task in record.get("tasks", [])))
 
 
 def plot_tamper(documents: dict[str, dict], path: str | Path) -> Path:
@@ -30,7 +31,7 @@ def plot_tamper(documents: dict[str, dict], path: str | Path) -> Path:
     documents by name); each attack a thin line (a few-shot attack a point at step 0), the worst
     case of a forget task a bold line over them, the baseline dashed and chance dotted."""
     pyplot = _pyplot()
-    tasks = task_names(documents)
+    tasks = task_names(documents) or ["nothing measured"]
     figure, axes = pyplot.subplots(len(tasks), len(documents), figsize=(5.5 * len(documents), 4 * len(tasks)),
                                    squeeze=False, sharey=True)
     colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -40,7 +41,8 @@ def plot_tamper(documents: dict[str, dict], path: str | Path) -> Path:
             axis = axes[row][column]
             axis.set(title=f"{name}: {task}", xlabel="attack step", ylabel="accuracy", ylim=(0, 1))
             if not any(task in point for point in record["worst_case"]):
-                axis.text(0.5, 0.5, "not measured", transform=axis.transAxes, ha="center", color="grey")
+                waiting = f"pending: {len(record['pending'])} attacks" if record.get("pending") else "not measured"
+                axis.text(0.5, 0.5, waiting, transform=axis.transAxes, ha="center", color="grey")
                 axis.set_xticks([])
                 continue
             for index, attack in enumerate(record["attacks"]):
@@ -102,14 +104,17 @@ def plot_probe(document: dict, path: str | Path) -> Path:
     if any("depth" in entry for entry in document["targets"].values()):
         readers.append(("depth", "depth: original's layers after it"))
     figure, axes = pyplot.subplots(len(readers), len(tasks), figsize=(5.5 * len(tasks), 4 * len(readers)), squeeze=False, sharey=True)
+    colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
     for column, task in enumerate(tasks):
         for row, (key, title) in enumerate(readers):
             axis = axes[row][column]
-            for name, entry in document["targets"].items():
+            for index, (name, entry) in enumerate(document["targets"].items()):
                 points = [(point["layer"], point[task]) for point in entry.get(key, []) if task in point]
                 if not points:
                     continue
-                axis.plot([layer for layer, _ in points], [value for _, value in points], marker="o", label=name)
+                # One colour per model in every panel, also where a model has no row (depth needs an original).
+                axis.plot([layer for layer, _ in points], [value for _, value in points], marker="o", label=name,
+                          color=colours[index % len(colours)])
             chance = document["chance"].get(task)
             if chance is not None:
                 axis.axhline(chance, color="grey", linestyle=":", label=f"chance {chance:.3f}")

@@ -52,6 +52,28 @@ def resolve(name: str) -> str:
     raise PeelError(f"unknown {scenario} name {name!r}; accepted: {accepted}")
 
 
+def is_scenario_model(name: str) -> bool:
+    """True for a scenario's model (`testbed:base`, `testbed:filtered`, `elements:base`), not its data."""
+    if not is_scenario_name(name):
+        return False
+    scenario, _, part = name.partition(":")
+    module = package(scenario)
+    return part in getattr(module, "MODELS", {}) or (part in module.NAMES and "." not in module.NAMES[part])
+
+
+def defaults(model: str | None) -> dict:
+    """The config a scenario's model brings where the user set nothing else: the scenario's forget,
+    retain and attack text, its tasks (forget first, retain last) for evaluation and attacks, and
+    float32 (its models are tiny; bfloat16 only loses precision on a CPU). {} for any other model."""
+    if not isinstance(model, str) or not is_scenario_model(model):
+        return {}
+    scenario = model.partition(":")[0]
+    tasks = list(package(scenario).MC_FILES)
+    return {"data": {"forget": {"path": f"{scenario}:forget"}, "retain": {"path": f"{scenario}:retain"}},
+            "eval": {"tasks": tasks}, "tamper": {"data": {"path": f"{scenario}:tamper"}, "tasks": tasks},
+            "train": {"dtype": "float32"}}
+
+
 def question_file(task: str) -> Path:
     """The multiple-choice file of a scenario task (`testbed_forget`, `elements_retain`, ...)."""
     scenario = task.partition("_")[0]

@@ -94,6 +94,23 @@ def point_settings(section: TamperConfig, point: dict, where: str) -> tuple[str,
     return name, attack_settings(section, {key: value for key, value in rest.items() if key not in own}, where), options
 
 
+def refuse_kind_options(overrides: list[str]) -> None:
+    """`tamper.bits=4` names a kind's own option, which only a grid point can set: say so, rather
+    than the config's "unknown config key" (the config does not know the kinds)."""
+    section = {field.name for field in dataclasses.fields(TamperConfig)}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] != "tamper" or parts[1] in section:
+            continue
+        owners = [name for name, entry in KINDS.items()
+                  if entry.options and parts[1] in {field.name for field in dataclasses.fields(entry.options)}]
+        if owners:
+            raise PeelError(f"{item}: {parts[1]} is an option of the attack kind {' / '.join(owners)}, set per attack; accepted: "
+                            f"--grid tamper.kind={owners[0]} --grid {key}={value or 'V1,V2'}, or "
+                            f"tamper.grid=[{{kind: {owners[0]}, {parts[1]}: {value or 'V'}}}]")
+
+
 def attack_settings(section: TamperConfig, point: dict, where: str) -> TamperConfig:
     """The tamper settings of one attack: the section with the point's keys (nested as in the
     section) replacing its own; the grid and few-shot lists, which describe the whole grid, left empty."""

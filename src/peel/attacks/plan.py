@@ -20,7 +20,8 @@ from peel.attacks import kinds
 from peel.attacks.baseline import baseline_source
 from peel.config import GRID_WIDE_KEYS, Config, TamperConfig, flatten, to_dict
 from peel.errors import PeelError
-from peel.runs.targets import Target, label, output_folders, resolve_targets
+from peel.evaluation.harness import manager_for
+from peel.runs.targets import Target, check_loadable, label, output_folders, resolve_targets
 from peel.runs.folder import ATTACKS_FOLDER
 
 __all__ = ["Attack", "TargetPlan", "label", "plan_attacks"]
@@ -63,6 +64,7 @@ def plan_attacks(names: list[str], overrides: list[str], grid_items: list[str], 
 
     `compared` targets are attacked alike, into FIGURES/compare/<label> (FIGURES: `figure_folder`).
     """
+    kinds.refuse_kind_options(overrides)
     targets = resolve_targets([*names, *compared], overrides)
     config = targets[0].config
     attacks = grid_attacks(config, grid_items, overrides)
@@ -71,8 +73,22 @@ def plan_attacks(names: list[str], overrides: list[str], grid_items: list[str], 
     folders += [home / "compare" / label(name) for name in compared]
     source = baseline_source(targets, config, baseline_model)
     check_original(attacks, source["model"], "give --baseline MODEL, the model the targets were made from")
+    check_loadable_models(targets, baseline_model, config)
     check_models(attacks, targets)
+    manager_for(sorted({task for attack in attacks for task in attack.settings.tasks}), config.eval.include_path)
     return [TargetPlan(target, folder, attacks, source, source["model"]) for target, folder in zip(targets, folders)]
+
+
+def check_loadable_models(targets: list[Target], baseline_model: str | None, config: Config) -> None:
+    """Every target and the --baseline model exist and have readable configs and weights headers:
+    a typo is refused before anything is written, not after the first model took minutes to load."""
+    for target in targets:
+        check_loadable(target.model, target.config, pinned=target.run_folder is None)
+    if baseline_model is not None:
+        try:
+            check_loadable(baseline_model, config)
+        except PeelError as error:
+            raise PeelError(f"--baseline: {error}") from None
 
 
 def check_models(attacks: list[Attack], targets: list[Target]) -> None:

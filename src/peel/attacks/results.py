@@ -155,6 +155,38 @@ def read_tamper(folder: str | Path) -> dict | None:
     return document(str(value.get("target", folder)), tasks, attacks, baseline, value.get("pending") or [])
 
 
+def readable(attack: dict, retain_text: str | None = None) -> str:
+    """An attack's name as a person reads it: `adapter=full,lr=0.001,path=testbedretain` (the file-safe
+    name, which stays the attack's key) -> `full, lr 1e-3, on testbed:retain (benign)`, each value as
+    the record's settings hold it. Benign: the attack's text is `retain_text`, the run's retain corpus."""
+    settings = attack.get("settings") or {}
+    parts = []
+    for part in attack["name"].split(","):
+        key, separator, shown = part.partition("=")
+        if not separator:
+            return attack["name"]  # a name peel did not make from settings ("attack")
+        held = next((value for name, value in settings.items() if name == key or name.rsplit(".", 1)[-1] == key), shown)
+        value = short_number(held) if isinstance(held, float) else str(held)
+        parts.append(value if key in ("adapter", "kind") else f"on {value}" if key == "path"
+                     else f"{value}-shot prompt" if key == "few_shot" else f"{key} {value}")
+    benign = retain_text is not None and settings.get("data.path") == retain_text
+    return ", ".join(parts) + (" (benign)" if benign else "")
+
+
+def label_of(document: dict, name: str, retain_text: str | None = None) -> str:
+    """`readable` for the attack of `document` called `name` (the name itself where it is not there)."""
+    attack = next((attack for attack in document["attacks"] if attack["name"] == name), None)
+    return name if attack is None else readable(attack, retain_text)
+
+
+def short_number(value: float) -> str:
+    """1e-3 rather than 0.001; 0.1 and 2 as they are."""
+    if value != 0 and abs(value) < 0.01:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}"
+
+
 def is_curve(rows) -> bool:
     return isinstance(rows, list) and all(
         isinstance(row, dict) and isinstance(row.get("step"), int)

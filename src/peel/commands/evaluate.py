@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="For a run folder, also evaluate the run's original model (cached) and store it as the baseline.",
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. eval.limit=100.")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="Config overrides, e.g. eval.limit=100.")
 
 
 def run(args: argparse.Namespace) -> int:

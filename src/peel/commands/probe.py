@@ -73,14 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
     originals = [depth_original(target, name, args.baseline, overrides) for target, name in zip(targets, args.targets)]
     document = probe_targets(targets, args.targets, folder, originals=originals)
-    for name, entry in document["targets"].items():
-        for task in document["tasks"]:
-            best = max(entry["probe"], key=lambda row: row[task])
-            last = entry["logit_lens"][-1]
-            deepest = entry.get("depth", [{}])[0]  # the shallowest layer read: most of the original's layers
-            depth = f", depth {deepest[task]:.3f} (original from layer {deepest['layer'] + 1})" if task in deepest else ""
-            print(f"{name} {task}: probe {best[task]:.3f} (layer {best['layer']}), "
-                  f"logit lens {last[task]:.3f} (layer {last['layer']}){depth}, chance {document['chance'][task]:.3f}")
+    from peel.outputs.probe_tables import best_lines
+
+    print("\n".join(best_lines(document)) + "\n(best layer L of each reader, as in peel report's probe table)")
     print(f"wrote {folder / PROBE_FILE} and {folder / 'probe.png'}")
     return 0
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 
 from peel.errors import PeelError
-from peel.runs.folder import CONFIG_FILE, PROBE_FILE
+from peel.runs.folder import CONFIG_FILE, PROBE_FILE, TAMPER_FILE
 from pathlib import Path
 
 HELP = "Render markdown tables and plots from run folders (no model loading)."
@@ -18,8 +19,9 @@ state; a tampering table; a probe table (best layer's probe and logit-lens accur
 task); and plots (loss curves per phase, accuracy vs phase, overlaid tamper curves, probe accuracy
 vs layer) in a folder beside the report.
 
-A sweep folder (peel sweep's output_dir) stands for its runs. Anything else among RUN (a file, a
-folder of peel eval or peel tamper --output-dir, any other folder) is skipped with a one-line note.
+A sweep folder (peel sweep's output_dir) stands for its runs; a folder peel tamper --output-dir
+wrote (a model attacked without a run, such as testbed:filtered) joins the tamper tables. Anything
+else among RUN (a file, a folder of peel eval, any other folder) is skipped with a one-line note.
 
 example:
   peel report runs/* --output report.md
@@ -48,8 +50,21 @@ def run(args: argparse.Namespace) -> int:
     probes = read_probes(probe_folders)
     runs = [read_run(folder) for folder in run_folders]
     output.parent.mkdir(parents=True, exist_ok=True)
-    links = draw_plots(runs, output.parent / f"{output.stem}_plots", relative_to=output.parent, probes=probes)
-    output.write_text(render(runs, links, probes))
+    plots = output.parent / f"{output.stem}_plots"
+    # Drawn into a folder of its own first: a failure leaves the previous report's plots, not half of them.
+    drawing = plots.with_name(f"{plots.name}.partial")
+    shutil.rmtree(drawing, ignore_errors=True)
+    try:
+        drawn = draw_plots(runs, drawing, relative_to=drawing, probes=probes)
+        links = {key: [str(plots.relative_to(output.parent) / path) for path in paths] for key, paths in drawn.items()}
+        text = render(runs, links, probes)
+    except BaseException:
+        shutil.rmtree(drawing, ignore_errors=True)
+        raise
+    shutil.rmtree(plots, ignore_errors=True)
+    if drawing.is_dir():
+        drawing.rename(plots)
+    output.write_text(text)
     print(f"wrote {output}")
     return 0
 
@@ -70,7 +85,7 @@ def sort_folders(paths: list[str]) -> tuple[list[Path], list[Path]]:
         path = Path(text)
         if not path.exists():
             raise PeelError(f"{text!r} does not exist; accepted: run folders, sweep folders, folders peel probe wrote")
-        if (path / CONFIG_FILE).is_file():
+        if (path / CONFIG_FILE).is_file() or (path / TAMPER_FILE).is_file():  # a run, or peel tamper --output-dir's folder
             runs.append(path)
         elif (path / SWEEP_FILE).is_file():
             index = read_json(path / SWEEP_FILE, "sweep.json as peel sweep writes it")
@@ -83,7 +98,7 @@ def sort_folders(paths: list[str]) -> tuple[list[Path], list[Path]]:
             runs += found
         if (path / PROBE_FILE).is_file():
             probes.append(path)
-        elif not (path / CONFIG_FILE).is_file() and not (path / SWEEP_FILE).is_file():
+        elif path not in runs and not (path / SWEEP_FILE).is_file():
             skipped.append(text)
             print(f"peel report: skipping {text}: it is {what_it_is(path)}")
     if not runs and not probes:

@@ -27,7 +27,7 @@ default 240), account, qos, constraint, cpus_per_task (default 4 per GPU), mem_g
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config file; its output_dir becomes the sweep folder.")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted config overrides shared by every run.")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="Dotted config overrides shared by every run.")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="A swept key and its values; repeat for more keys (every combination runs).")
     parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE", help="A Slurm job setting; repeat for more.")

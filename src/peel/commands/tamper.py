@@ -39,7 +39,10 @@ attacks. Attacks:
 The attack's seed is a grid key too: --grid tamper.seed=0,1,2.
 
 tamper.tasks: the forget task(s) first, the retain task last (default [wmdp_bio_robust, mmlu]);
-your own lm-eval task YAMLs are found with eval.include_path=FOLDER.
+your own lm-eval task YAMLs are found with eval.include_path=FOLDER. A scenario's model as TARGET
+(testbed:filtered) brings its scenario's attack text, tasks and float32 unless set otherwise.
+Everything that can be checked (targets, --baseline, weights, tasks, include_path, attack text) is
+checked before anything is written or any weights load; --dry-run checks the same.
 
 Writes into the run folder or --output-dir (with several targets, --output-dir/<name> each):
   attacks/NAME.json  one finished attack (a rerun does not run it again; other settings under the
@@ -123,8 +126,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from peel.unlearning.dry_run import tamper_lines
 
-        print("\n".join(["checked, nothing written:", *tamper_lines(plans)]))
+        print("\n".join(["checked, nothing written:", *tamper_lines(plans, evaluated=bool(args.baseline))]))
         return 0
+    if not args.baseline and not baseline.find_baseline(source):
+        from peel.unlearning.dry_run import baseline_line
+
+        print(baseline_line(source), flush=True)  # said before the attacks, not discovered after them
 
     if args.slurm:
         executor = jobs.make_executor(plans[0].attacks_folder / "jobs", slurm)
@@ -193,6 +200,8 @@ def draw(plans, documents: dict, compared: dict, output_dir: str | None) -> None
 
 
 def print_summary(folder: Path, document: dict) -> None:
+    from peel.attacks.results import label_of
+
     for task, entry in document["summary"].items():
         recovery, baseline = entry["steps_to_recover"], (document.get("baseline") or {}).get(task)
         nothing_lost = f"nothing to recover (step 0 at or above the baseline {baseline:.4f})" if baseline is not None else "no baseline"
@@ -200,6 +209,6 @@ def print_summary(folder: Path, document: dict) -> None:
             f"{share}% back at step {step}" if step is not None else f"{share}% never" for share, step in recovery.items())
         retain = "" if entry["retain_at_worst"] is None else f"; {document['retain_task']} there {entry['retain_at_worst']:.4f}"
         print(f"{folder}: {task}: step 0 {entry['step0']:.4f}, worst {entry['worst']:.4f} "
-              f"({entry['worst_attack']}, step {entry['worst_step']}); {recovered}{retain}")
+              f"({label_of(document, entry['worst_attack'])}, step {entry['worst_step']}); {recovered}{retain}")
     if document["pending"]:
         print(f"{folder}: not finished yet: {', '.join(document['pending'])}")

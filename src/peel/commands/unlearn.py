@@ -20,7 +20,7 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION + "\n".join(help_lines(Config()))
     parser.add_argument("config", help="YAML config file (see configs/).")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Dotted config overrides.")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="Dotted config overrides.")
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -46,5 +46,8 @@ def run(args: argparse.Namespace) -> int:
         from peel.outputs.model_card import write_model_cards
 
         write_model_cards(output_dir)  # over peft's blank template, which names the base by its local path
+        from peel.runs.evaluations import measured_line
+
+        print(measured_line(output_dir))
         print(f"run folder: {output_dir}")
     return 0

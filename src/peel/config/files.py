@@ -4,24 +4,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from peel.config.fields import build, deep_merge, to_dict
+from peel import scenarios
 from peel.config.paths import resolve_paths
 from peel.config.root import Config
 from peel.errors import PeelError, reading
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), relative_to_file: bool = True) -> Config:
-    """Defaults, then the YAML file (and the files it names as `base`), then `dotted.key=value` overrides.
+def load_config(path: str | Path | None = None, overrides: list[str] = (), relative_to_file: bool = True,
+                model: str | None = None) -> Config:
+    """Defaults, then a scenario model's defaults, then the YAML file (and the files it names as
+    `base`), then `dotted.key=value` overrides.
 
     Relative paths in the file are relative to it; a run folder's config.yaml is read with
     `relative_to_file=False`: it records paths as peel was given them (absolute since paths became
-    relative to their file; relative to where peel ran in older runs)."""
+    relative to their file; relative to where peel ran in older runs). The model whose scenario
+    defaults apply (scenarios.defaults: testbed:base brings the testbed's data, tasks and float32)
+    is the overrides' model.name_or_path, else the file's, else `model` (a command's TARGET)."""
     raw = read_yaml(Path(path), relative_to_file=relative_to_file) if path is not None else {}
+    named = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "model.name_or_path"]
+    from_file = raw.get("model", {}).get("name_or_path") if isinstance(raw.get("model"), dict) else None
+    raw = deep_merge(scenarios.defaults((named or [None])[-1] or from_file or model), raw)
     config = build(Config, raw, prefix="")
     return apply_overrides(config, overrides)
 
@@ -38,9 +47,11 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to_file: bool = 
     if path.resolve() in seen:
         raise PeelError(f"config file {str(path)!r} names itself as a base (through {[str(p) for p in seen]})")
     with reading(f"config file {str(path)!r}", "a YAML mapping of config sections"):
+        check_not_foreign(path, path.open("rb").read(4096))
         raw = parse_yaml(path.read_text(), path)
     if not isinstance(raw, dict):
         raise PeelError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    check_sections(path, raw)
     base = raw.pop("base", None)
     if relative_to_file:  # the file's paths, like its base, are relative to it
         raw = resolve_paths(raw, path.parent)
@@ -49,6 +60,39 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to_file: bool = 
     if not isinstance(base, str):
         raise PeelError(f"config key 'base' in {str(path)!r} got {base!r}; accepted: a path to another config file")
     return deep_merge(read_yaml(path.parent / base, (*seen, path.resolve()), relative_to_file), raw)
+
+
+CONFIG_EXPECTED = "a peel config: a YAML mapping of sections such as model, data, unlearn, train (e.g. configs/testbed_lora.yaml)"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def check_not_foreign(path: Path, head: bytes) -> None:
+    """A file that is plainly something else (weights, a data file) is named as what it looks like,
+    rather than as a codec or YAML error about its bytes."""
+    suffix = path.suffix.lower()
+    lines = [line.strip() for line in head.splitlines() if line.strip()]
+    if suffix in WEIGHT_SUFFIXES or head.startswith(b"GGUF"):
+        looks = "model weights"
+    elif suffix == ".parquet" or head.startswith(b"PAR1"):
+        looks = "a Parquet data file"
+    elif suffix == ".jsonl" or (len(lines) > 1 and all(line.startswith(b"{") for line in lines[:-1])):
+        looks = "a JSON Lines data file (one record per line)"
+    elif b"\x00" in head:
+        looks = "a binary file"
+    else:
+        return
+    raise PeelError(f"config file {str(path)!r} looks like {looks}; accepted: {CONFIG_EXPECTED}")
+
+
+def check_sections(path: Path, raw: dict) -> None:
+    """A mapping with no config section but a model's keys (architectures, model_type) is a model's
+    config.json, which would otherwise be refused as holding the "unknown config key 'architectures'"."""
+    sections = {field.name for field in dataclasses.fields(Config)}
+    if set(raw) & sections or not {"architectures", "model_type"} & set(raw):
+        return  # a misspelt section is left to the unknown-key error, which lists the accepted ones
+    keys = ", ".join(sorted(map(str, raw))[:4])
+    raise PeelError(f"config file {str(path)!r} looks like a model's config.json (keys {keys}, ...), not a peel config; "
+                    f"accepted: {CONFIG_EXPECTED}")
 
 
 def parse_yaml(text: str, path: Path) -> Any:

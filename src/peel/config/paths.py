@@ -19,7 +19,10 @@ from pathlib import Path
 from peel import scenarios
 
 # Keys (dotted, within a config file) whose value is a path or a hub id.
-PATH_OR_HUB_KEYS = ("model.name_or_path", "data.forget.path", "data.retain.path", "data.chat.path", "tamper.data.path")
+PATH_OR_HUB_KEYS = ("model.name_or_path", "data.forget.path", "data.retain.path", "data.chat.path", "tamper.data.path",
+                    "distill.data.path")
+# Data sections that a bare string stands for: `distill.data=PATH` is `distill.data.path=PATH`.
+SOURCE_KEYS = ("data.forget", "data.retain", "data.chat", "tamper.data", "distill.data")
 # Keys whose value is always a local file or folder (or a scenario name).
 PATH_KEYS = ("data.forget.keywords", "eval.include_path")
 # Suffixes of the files peel reads from disk (data, keyword lists, GGUF models).
@@ -28,8 +31,12 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt", ".csv", ".gguf")
 
 def resolve_paths(raw: dict, folder: Path) -> dict:
     """A copy of a config file's mapping with its relative paths made absolute against `folder`
-    (the file's folder); tamper.grid's attacks are config sections too (`data: {path: ...}`)."""
-    resolved = _with(raw, PATH_KEYS, folder, always=True)
+    (the file's folder); tamper.grid's attacks are config sections too (`data: {path: ...}`). A data
+    section given as a bare string is read as its path first (`distill.data: x.jsonl`)."""
+    resolved = raw
+    for key in SOURCE_KEYS:
+        resolved = _at(resolved, key, lambda value: {"path": value} if isinstance(value, str) else value)
+    resolved = _with(resolved, PATH_KEYS, folder, always=True)
     resolved = _with(resolved, PATH_OR_HUB_KEYS, folder, always=False)
     tamper = resolved.get("tamper")
     if isinstance(tamper, dict) and isinstance(tamper.get("grid"), list):
@@ -37,6 +44,17 @@ def resolve_paths(raw: dict, folder: Path) -> dict:
                 for point in tamper["grid"]]
         resolved = {**resolved, "tamper": {**tamper, "grid": grid}}
     return resolved
+
+
+def _at(raw: dict, key: str, change) -> dict:
+    """`raw` with `change` applied to the value at the dotted key, where there is one (copied, never changed in place)."""
+    head, _, rest = key.partition(".")
+    if head not in raw:
+        return raw
+    value = raw[head]
+    if rest:
+        return {**raw, head: _at(value, rest, change)} if isinstance(value, dict) else raw
+    return {**raw, head: change(value)}
 
 
 def _with(raw: dict, keys: tuple[str, ...], folder: Path, always: bool) -> dict:

@@ -35,9 +35,39 @@ def peel_task_names() -> set[str]:
 
 
 def check_include_path(include_path: str | None) -> None:
-    """eval.include_path names an existing folder (an empty path would index the working folder)."""
-    if include_path is not None and (not include_path or not Path(include_path).expanduser().is_dir()):
+    """eval.include_path names an existing folder (an empty path would index the working folder) of
+    task YAML files that parse: lm-eval skips a broken one with a log line, and the task it defined
+    would then be refused as unknown, blaming the name instead of the file."""
+    if include_path is None:
+        return
+    folder = Path(include_path).expanduser()
+    if not include_path or not folder.is_dir():
         raise PeelError(f"eval.include_path {include_path!r} is not a folder; accepted: a folder of lm-eval task YAML files, or null")
+    files = sorted(path for pattern in ("*.yaml", "*.yml") for path in folder.rglob(pattern))
+    if not files:
+        raise PeelError(f"eval.include_path {include_path!r} holds no .yaml task files; accepted: a folder of lm-eval task YAML files, or null")
+    for path in files:
+        check_task_yaml(path)
+
+
+def check_task_yaml(path: Path) -> None:
+    """One task file of eval.include_path parses as YAML (lm-eval's tags such as !function accepted)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        yaml.load(path.read_text(), Loader=Loader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise PeelError(f"task file {str(path)!r} in eval.include_path is not valid YAML{where}: "
+                        f"{error.problem or error.context}; accepted: lm-eval task YAML") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise PeelError(f"cannot read task file {str(path)!r} in eval.include_path: {first_line(error)}; "
+                        "accepted: lm-eval task YAML") from None
 
 
 def manager_for(tasks: list[str], include_path: str | None = None):

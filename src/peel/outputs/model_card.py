@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from peel.attacks.results import read_tamper, with_baseline
+from peel.attacks.results import label_of, read_tamper, with_baseline
+from peel.outputs.tamper_tables import STEP_ZERO_NOTE, trains_nothing
 from peel.runs.evaluations import read_evaluation
 from peel.unlearning.methods import described, options_on
 from peel.runs.folder import CARD_FILE, CONFIG_FILE, RUN_FILE, read_json
@@ -96,16 +97,20 @@ def evaluation_lines(evaluation: dict | None) -> list[str]:
     return lines
 
 
-def tamper_lines(document: dict | None) -> list[str]:
+def tamper_lines(document: dict | None, retain_text: str | None = None) -> list[str]:
     if not document or not document.get("summary"):
         return ["Not attacked yet: `peel tamper RUN` adds the worst case over its attack grid here."]
     lines = ["| task | step 0 | worst case | by attack, at step | steps to recover |", "|---|---|---|---|---|"]
     for task, row in document["summary"].items():
         recovery = row.get("steps_to_recover") or {}
         recovered = ", ".join(f"{share}: {'n/a' if step is None else step}" for share, step in recovery.items()) or "n/a"
-        lines.append(f"| {task} | {row['step0']:.4f} | {row['worst']:.4f} | {row['worst_attack']}, {row['worst_step']} | {recovered} |")
+        lines.append(f"| {task} | {row['step0']:.4f} | {row['worst']:.4f} | {label_of(document, row['worst_attack'], retain_text)}, {row['worst_step']} | {recovered} |")
     names = [attack["name"] for attack in document["attacks"]]
     lines += ["", f"{len(names)} attack(s): {', '.join(names)} (tamper.json)."]
+    if any(trains_nothing(attack) for attack in document["attacks"]):
+        lines[-1] += f" {STEP_ZERO_NOTE}"
+    if document.get("pending"):
+        lines[-1] += f" Pending: {', '.join(document['pending'])}."
     return lines
 
 
@@ -181,7 +186,7 @@ def card_text(kind: str, config: dict, record: dict | None, evaluation: dict | N
         "",
         "## Tamper attacks",
         "",
-        *tamper_lines(tamper),
+        *tamper_lines(tamper, ((config.get("data") or {}).get("retain") or {}).get("path")),
     ]
     if config.get("notes"):
         lines += ["", "## Notes", "", str(config["notes"])]

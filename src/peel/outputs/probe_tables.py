@@ -30,13 +30,21 @@ def probe_table(document: dict) -> list[str]:
     rows.append(["Chance", *(f"{document['chance'][task]:.3f}" if task in document["chance"] else "-"
                              for task in tasks for _ in readers)])
     for name, entry in document["targets"].items():
-        cells = []
-        for task in tasks:
-            for key in readers:
-                best = best_layer(entry.get(key, []), task)
-                cells.append("-" if best is None else f"{best[1]:.3f} (L{best[0]})")
-        rows.append([name, *cells])
+        rows.append([name, *(best_cell(entry, key, task) for task in tasks for key in readers)])
     return table(rows)
+
+
+def best_cell(entry: dict, reader: str, task: str) -> str:
+    """A reader's best layer on a task, as the tables and `peel probe`'s own lines write it: 0.600 (L1)."""
+    best = best_layer(entry.get(reader, []), task)
+    return "-" if best is None else f"{best[1]:.3f} (L{best[0]})"
+
+
+def best_lines(document: dict) -> list[str]:
+    """`peel probe`'s summary: per model and task, each reader's best layer, the numbers of the tables."""
+    readers = {"probe": "probe", "logit_lens": "lens", "depth": "depth"}
+    return [f"{name} {task}: " + ", ".join(f"{title} {best_cell(entry, key, task)}" for key, title in readers.items() if key in entry)
+            + f", chance {document['chance'][task]:.3f}" for name, entry in document["targets"].items() for task in document["tasks"]]
 
 
 DEPTH_NOTE = "; depth: the layer's output finished by the original model's later layers and head"

@@ -20,11 +20,12 @@ from peel.config import UnlearnConfig, flatten, is_number_field
 from peel.errors import PeelError, reading
 from peel.outputs.markdown import TASK_ROLES, TASK_TITLES, table
 from peel.outputs.probe_tables import probe_section
+from peel.outputs.tamper_tables import tamper_section
 from peel.unlearning.methods import all_read_keys, described
 from peel.runs.evaluations import read_evaluation
 from peel.plots import CHANCE
-from peel.runs.folder import CONFIG_FILE, METRICS_FILE, TAMPER_PLOT, read_run_record
-from peel.attacks.results import lost, read_tamper, with_baseline
+from peel.runs.folder import CONFIG_FILE, METRICS_FILE, TAMPER_FILE, TAMPER_PLOT, read_run_record
+from peel.attacks.results import read_tamper, with_baseline
 
 # Settings a sweep varies inside one table; each becomes a column when it varies (or always, below).
 SWEPT = {
@@ -44,7 +45,11 @@ SWEPT = {
 ALWAYS_SHOWN = ("unlearn.remove_coef", "unlearn.retain_coef", "train.lr")
 # Settings that never split families: where results went, what they are called, how they are checked,
 # where they are watched.
-IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "probe.", "train.checkpoint_every")
+IGNORED_PREFIXES = ("output_dir", "notes", "eval.", "tamper.", "track.", "probe.", "train.checkpoint_every", "distill.")
+# A distilled student (peel distill) keeps its teacher's config beside its distill section: its
+# family is its teacher's students, titled by them, with these settings as columns.
+STUDENT_SETTINGS = {"distill.alpha": "alpha", "distill.steps": "distill steps", "distill.lr": "distill lr",
+                    "distill.with_forget": "with forget"}
 # Settings named in a family's title, in this order; an adversary joins them when there is one.
 TITLE_KEYS = ("unlearn.adapter", "unlearn.forget_loss", "unlearn.retain_loss", "unlearn.retain_layers",
               "unlearn.grad_filter", "unlearn.retain_ramp")
@@ -69,6 +74,10 @@ class Run:
 def read_run(folder: str | Path) -> Run:
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
+    if not config_path.is_file() and (folder / TAMPER_FILE).is_file():  # peel tamper MODEL --output-dir FOLDER
+        evaluation = read_evaluation(folder)
+        baseline = ((evaluation or {}).get("baseline") or {}).get("accuracy")
+        return Run(folder.resolve().name, folder, {}, [], [], {}, evaluation, with_baseline(read_tamper(folder), baseline))
     if not config_path.is_file():
         raise PeelError(f"{str(folder)!r} is not a run folder: it has no config.yaml")
     with reading(str(config_path), "config.yaml as peel writes it"):
@@ -116,8 +125,15 @@ def read_lines(path: Path) -> list[dict]:
 # Families, columns and labels
 
 
+def teacher(run: Run) -> str | None:
+    """The run folder a distilled student learned from (distill.run), None for an unlearning run."""
+    return run.settings.get("distill.run")
+
+
 def family_key(run: Run) -> tuple:
     fixed = {k: v for k, v in run.settings.items() if k not in SWEPT and not k.startswith(IGNORED_PREFIXES)}
+    if teacher(run):
+        fixed = {"distill.run": teacher(run)}  # students of one teacher share a table
     return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in fixed.items()))
 
 
@@ -129,10 +145,14 @@ def families(runs: list[Run]) -> list[list[Run]]:
 
 
 def layers_text(run: Run) -> str:
+    if teacher(run):
+        return "-"  # a student trains every layer
     layers = run.record.get("layers") or list(dict.fromkeys(step["layer"] for step in run.steps if "layer" in step))
     if not layers:
         value = run.settings.get("unlearn.layers")
-        return "-" if value is None else str(value)
+        if isinstance(value, dict) and {"start", "end", "step"} <= set(value):
+            return f"{value['start']}→{value['end']} (step {value['step']})"
+        return "-" if value is None else ", ".join(map(str, value)) if isinstance(value, list) else str(value)
     gaps = {a - b for a, b in zip(layers, layers[1:])}
     if len(layers) >= 2 and len(gaps) == 1:
         return f"{layers[0]}→{layers[-1]} (step {gaps.pop()})"
@@ -197,6 +217,8 @@ def family_table(family: list[Run]) -> list[str]:
         key in ALWAYS_SHOWN
         or len({json.dumps(run.settings.get(key)) for run in family}) > 1
         or (key == "unlearn.l2sp_coef" and any(run.settings.get(key) for run in family)))]
+    if teacher(family[0]):  # the teacher's unlearning settings are its own table's
+        shown = list(STUDENT_SETTINGS)
     baseline_record = next((run.evaluation["baseline"] for run in family if run.evaluation and run.evaluation.get("baseline")), None)
     baseline = baseline_record["accuracy"] if baseline_record else {}
     tasks = list(dict.fromkeys([*baseline, *(t for run in family if run.evaluation for t in run.evaluation["accuracy"])]))
@@ -211,7 +233,7 @@ def family_table(family: list[Run]) -> list[str]:
                          or any(task in (run.evaluation or {}).get("correct_prob", {}) for run in family)]
     with_rank = any(run.record.get("update_rank") for run in family)
 
-    header = ["Run", "Layers", *(SWEPT[key] for key in shown), "Steps", "retain_loss", "forget_loss",
+    header = ["Run", "Layers", *({**SWEPT, **STUDENT_SETTINGS}[key] for key in shown), "Steps", "retain_loss", "forget_loss",
               *(TASK_TITLES.get(task, task) for task in tasks),
               *(f"{TASK_TITLES.get(task, task)} p(correct)" for task in probability_tasks),
               *(["Stable rank", "Effective rank"] if with_rank else []), "State", "Notes"]
@@ -245,73 +267,24 @@ def family_table(family: list[Run]) -> list[str]:
 
 def family_title(family: list[Run], all_families: list[list[Run]]) -> str:
     settings = family[0].settings
+    if teacher(family[0]):
+        return f"distilled students of {Path(teacher(family[0])).name} (teacher: its model/; alpha: the share re-initialised)"
     title = " · ".join(f"{key.split('.')[-1]} {number_text(settings.get(key))}" for key in TITLE_KEYS if key in settings)
     if settings.get(ADVERSARY_KEY, "none") != "none":  # as the adversary describes itself (methods.py)
         unlearn = {key.removeprefix("unlearn."): value for key, value in settings.items() if key.startswith("unlearn.")}
         title += f" · adversary {described('adversary', unlearn)}"
     # Settings that tell this family apart from the others, beyond the usual ones in the title.
-    differing = sorted({key for other in all_families for key, _ in set(family_key(family[0])) ^ set(family_key(other[0]))})
+    differing = sorted({key for other in all_families if not teacher(other[0])  # students are titled by their teacher
+                        for key, _ in set(family_key(family[0])) ^ set(family_key(other[0]))})
     shown_keys = {*TITLE_KEYS, ADVERSARY_KEY}
-    extra = [f"{key}={number_text(settings.get(key))}" for key in differing if key not in shown_keys]
+    extra = [f"{key}={number_text(settings.get(key))}" for key in differing if key not in shown_keys and not key.startswith("distill.")]
     return title + (f" ({', '.join(extra)})" if extra else "")
-
-
-def resistance_table(runs: list[Run]) -> list[str]:
-    """Per forget task, one row per attacked model: step 0, the worst case over the attacks within
-    the attack budget, which attack, the steps to recover 50% / 90% of what was lost, and the
-    retain task's accuracy in that attack at that step."""
-    attacked = [run for run in runs if run.tamper and run.tamper["summary"]]
-    lines = []
-    for task in dict.fromkeys(task for run in attacked for task in run.tamper["summary"]):
-        budget = max(row["step"] for run in attacked for row in run.tamper["worst_case"])
-        rows = [["Model", "Attacks", "Step 0", f"Worst (≤ {budget} steps)", "Worst attack", "50% back", "90% back",
-                 "Retain at worst"]]
-        for run in attacked:
-            entry = run.tamper["summary"].get(task)
-            if entry is None:
-                continue
-            back = recovery_text(entry["steps_to_recover"], entry["step0"], (run.tamper.get("baseline") or {}).get(task))
-            retain = entry["retain_at_worst"]
-            retain_text = "-" if retain is None else f"{retain:.4f} ({TASK_TITLES.get(run.tamper['retain_task'], run.tamper['retain_task'])})"
-            rows.append([run.name, str(len(run.tamper["attacks"])), f"{entry['step0']:.4f}",
-                         f"{entry['worst']:.4f} (step {entry['worst_step']})", entry["worst_attack"], *back, retain_text])
-        lines += [f"### Tamper resistance: {TASK_TITLES.get(task, task)}", "", *table(rows), ""]
-    return lines
-
-
-def recovery_text(recovery: dict | None, step0: float, baseline: float | None) -> list[str]:
-    """The 50% / 90% cells: a step, never, n/a (step 0 at or above the baseline: nothing was lost),
-    or - (no baseline)."""
-    if recovery is None:
-        return ["n/a", "n/a"] if baseline is not None and not lost(step0, baseline) else ["-", "-"]
-    return ["never" if recovery[share] is None else f"step {recovery[share]}" for share in ("50", "90")]
-
-
-def tamper_table(runs: list[Run]) -> list[str]:
-    """The worst case over the attacks at the first, second and last evaluated step."""
-    attacked = [run for run in runs if run.tamper]
-    # Forget tasks only: the highest retain accuracy over the attacks says nothing about resistance.
-    tasks = list(dict.fromkeys(task for run in attacked for task in run.tamper["summary"]))
-    lines = []
-    for task in tasks:
-        all_steps = sorted({row["step"] for run in attacked for row in run.tamper["worst_case"] if task in row})
-        steps = list(dict.fromkeys([all_steps[0], *all_steps[1:2], all_steps[-1]]))
-        rows = [["Model", *(f"Step {step}" for step in steps)]]
-        baseline = next((run.tamper["baseline"][task] for run in attacked
-                         if run.tamper.get("baseline") and task in run.tamper["baseline"]), None)
-        if baseline is not None:
-            rows.append(["Baseline (target)", f"{baseline:.4f}", *["-"] * (len(steps) - 1)])
-        for run in attacked:
-            found = {row["step"]: row[task] for row in run.tamper["worst_case"] if task in row}
-            rows.append([run.name, *(f"{found[step]:.4f}" if step in found else "-" for step in steps)])
-        lines += [f"### {TASK_TITLES.get(task, task)} during the attack (worst case)", "", *table(rows), ""]
-    return lines
 
 
 def render(runs: list[Run], plots: dict[str, list[str]] | None = None, probes: dict[str, dict] | None = None) -> str:
     """The whole report; `plots` maps a section ('tamper' or a run name) to image paths to link."""
     plots = plots or {}
-    grouped = families(runs)
+    grouped = families([run for run in runs if run.settings])  # a model only attacked has no unlearning row
     lines = ["# Unlearning report", ""]
     for family in grouped:
         lines += [f"## {family_title(family, grouped)}", "", *family_table(family), ""]
@@ -322,11 +295,8 @@ def render(runs: list[Run], plots: dict[str, list[str]] | None = None, probes: d
         "",
     ]
     if any(run.tamper for run in runs):
-        lines += ["## Tampering attack", "", *resistance_table(runs), *tamper_table(runs),
-                  "Worst case: at each evaluated step, the highest accuracy over the model's attacks (fine-tuning and "
-                  "few-shot). N% back: the first step at which it regained N% of (baseline - step 0); n/a: step 0 at or above "
-                  "the baseline, nothing to recover.", ""]
-        lines += [f"![tamper curves]({path})" for path in plots.get("tamper", [])] + [""]
+        lines += tamper_section({run.name: run.tamper for run in runs if run.tamper}, plots.get("tamper", []),
+                                {run.name: run.settings.get("data.retain.path") for run in runs})
     if probes:
         lines += probe_section(probes, plots)
     linked = [run for run in runs if plots.get(run.name)]
@@ -354,7 +324,7 @@ def draw_plots(runs: list[Run], folder: Path, relative_to: Path, probes: dict[st
         if run.phase_evaluations:
             rows = [{"phase": line.get("phase"), "layer": line.get("layer"), "accuracy": line["eval"]} for line in run.phase_evaluations]
             link(run.name, plot_phase_accuracy(rows, folder / f"{run.name}_phase_accuracy.png", baseline))
-    documents = {run.name: run.tamper for run in runs if run.tamper}
+    documents = {run.name: run.tamper for run in runs if run.tamper and (run.tamper["attacks"] or run.tamper["pending"])}
     if documents:
         link("tamper", plot_tamper(documents, folder / TAMPER_PLOT))
     for name, document in (probes or {}).items():

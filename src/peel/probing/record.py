@@ -37,6 +37,12 @@ def read_probe(folder: str | Path) -> dict | None:
         for entry in targets.values()
     ):
         raise PeelError(f"{path} is not a probe record; accepted: {ACCEPTED}")
+    tasks = document.get("tasks")
+    if not isinstance(tasks, list) or not all(isinstance(task, str) for task in tasks):
+        # an older or hand-edited probe.json: its tasks are the ones it measured, chance's keys first
+        measured = [key for entry in targets.values() for rows in entry.values() if isinstance(rows, list)
+                    for row in rows if isinstance(row, dict) for key in row if key != "layer"]
+        document = {**document, "tasks": list(dict.fromkeys([*document["chance"], *measured]))}
     return document
 
 

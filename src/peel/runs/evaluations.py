@@ -32,3 +32,15 @@ def read_evaluation(folder: str | Path) -> dict | None:
     if not isinstance(record, dict) or not isinstance(record.get("accuracy"), dict):
         raise PeelError(f"{path} has no 'accuracy' mapping; was it written by peel eval?")
     return record
+
+
+def measured_line(folder: str | Path) -> str:
+    """What a finished run measured, in one line: each task's accuracy beside the baseline's (eval.json),
+    or that nothing was evaluated and how to have it."""
+    record = read_evaluation(folder)
+    if record is None:
+        return "measured: nothing (eval.tasks is empty); peel eval RUN --tasks ... or eval.tasks=[...] evaluates it"
+    baseline = (record.get("baseline") or {}).get("accuracy", {})
+    parts = [f"{task} {accuracy:.4f}" + (f" (baseline {baseline[task]:.4f})" if task in baseline else "")
+             for task, accuracy in record["accuracy"].items()]
+    return f"measured: {', '.join(parts)}; chance 0.25 on four choices (eval.json)"

@@ -10,8 +10,11 @@ from pathlib import Path
 
 from peel.config import Config, load_config
 from peel.errors import PeelError
-from peel.models import model_location
+from peel.models import LOCAL_RULE, looks_local, missing_path_message, model_location
 from peel.runs.folder import CONFIG_FILE, MODEL_FOLDER
+
+
+TARGET_ACCEPTED = "a run folder, a model folder, a .gguf file, a hub id or a scenario model such as testbed:base"
 
 
 @dataclass(frozen=True)
@@ -23,13 +26,15 @@ class Target:
 
 def resolve_target(target: str, overrides: list[str]) -> Target:
     """A run folder brings its own config (so its eval and tamper settings apply); others use defaults."""
-    path = Path(target)
+    path = Path(target).expanduser()
+    if not path.exists() and looks_local(target):
+        raise PeelError(f"{missing_path_message('target', target)}; {LOCAL_RULE}; accepted: {TARGET_ACCEPTED}")
     if (path / CONFIG_FILE).is_file():
         model_folder = path / MODEL_FOLDER
         if not (model_folder / "config.json").is_file():
             raise PeelError(f"run folder {target!r} has no model/ (the run did not finish; see its run.json)")
         return Target(str(model_folder), path, load_config(path / CONFIG_FILE, overrides, relative_to_file=False))
-    config = load_config(None, overrides)
+    config = load_config(None, overrides, model=target)  # a scenario's model brings its data, tasks and dtype
     if config.model.gguf_file is not None:  # TARGET is the folder holding the GGUF file
         return Target(model_location(target, config.model.gguf_file), None, config)
     if path.is_dir() and not (path / "config.json").is_file():
@@ -99,6 +104,17 @@ def target_num_layers(target: Target) -> int:
     model = target.config.model
     config = load_model_config(target.model, model.revision if target.run_folder is None else None, model.trust_remote_code)
     return getattr(config, "num_hidden_layers", None) or getattr(config.get_text_config(), "num_hidden_layers")
+
+
+def check_loadable(model: str, config: Config, pinned: bool = True) -> None:
+    """What can be known of a model without loading its weights: its config is readable (a bad name
+    fails here) and a local folder's safetensors headers are whole. `pinned`: the config's model
+    revision applies (a hub id or model folder, not a run folder's own model)."""
+    from peel.models import check_weights, load_model_config
+
+    settings = config.model
+    load_model_config(model, settings.revision if pinned else None, settings.trust_remote_code)
+    check_weights(model)
 
 
 def load_target_model(target: Target, dtype: str | None = None):

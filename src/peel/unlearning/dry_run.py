@@ -124,16 +124,30 @@ def attack_lines(attacks: list, targets: int) -> list[str]:
     ]
 
 
-def tamper_lines(plans: list) -> list[str]:
+def tamper_lines(plans: list, evaluated: bool = False) -> list[str]:
     """What `peel tamper --dry-run` shows: each target, where its results go, the baseline's
     source, then the grid (the same for every target) and its size."""
     lines = []
     for plan in plans:
         lines.append(f"target {plan.target.model} -> {plan.folder}")
-    source = plans[0].baseline
-    lines.append(f"baseline: {source.get('model') or 'none known (recovery will not be measured)'}"
-                 + (f" (or the eval.json of {source['eval_json']})" if source.get("eval_json") else ""))
+    lines.append(baseline_line(plans[0].baseline, evaluated))
     return lines + attack_lines(plans[0].attacks, len(plans))
+
+
+def baseline_line(source: dict, evaluated: bool = False) -> str:
+    """Where the run's baseline will come from, as the run will find it: an evaluation of --baseline
+    (`evaluated`), else what the eval cache and the run's eval.json hold now (attacks/baseline.py)."""
+    from peel.attacks.baseline import find_baseline
+
+    if evaluated:
+        return f"baseline: {source['model']}, evaluated on {', '.join(source['tasks'])} (or read from the eval cache)"
+    found = find_baseline(source)
+    if found:
+        where = " and ".join(filter(None, [source.get("eval_json") and f"the eval.json of {source['eval_json']}",
+                                           source.get("model") and f"the eval cache of {source['model']}"]))
+        return f"baseline: {', '.join(f'{task} {accuracy:.4f}' for task, accuracy in found.items())} (from {where})"
+    remedy = f"give --baseline {source['model']}" if source.get("model") else "give --baseline MODEL"
+    return f"baseline: none known for {', '.join(source['tasks'])}, so recovery will not be measured; {remedy} to evaluate it"
 
 
 def sweep_lines(runs: list, prepared: list, processes: int) -> list[str]:
