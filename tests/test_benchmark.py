@@ -82,9 +82,9 @@ def test_adversary_benchmark_reports_every_adversary(tmp_path):
     module.main(["--quick", "--model", "tiny", "--steps", "1", "--modes", "lora", "--output", str(output)])
 
     row = json.loads(output.read_text())["modes"]["lora"]
-    assert set(row["step_ms"]) == set(row["peak_mb"]) == {"none", "finetune", "latent"}
+    assert set(row["step_ms"]) == set(row["peak_mb"]) == {"none", "finetune", "latent", "sam"}
     assert row["time_vs_none"]["none"] == 1.0 and row["peak_vs_none"]["none"] == 1.0
-    assert row["time_vs_none"]["finetune"] > 1 and row["time_vs_none"]["latent"] > 1  # both run extra passes
+    assert all(row["time_vs_none"][name] > 1 for name in ("finetune", "latent", "sam"))  # each runs extra passes
 
 
 def test_attack_cost_benchmark_times_every_kind_and_counts_its_evaluations(tmp_path):

@@ -179,7 +179,8 @@ def bad_cases(run: Path, root: Path) -> dict[str, tuple[list[str], str]]:
                                        "'distill.generated.temperature' got 0.0; accepted: a number > 0"),
         "generated at a nan temperature": ([str(run), "distill.data=generated", "distill.generated.temperature=nan"],
                                            "'distill.generated.temperature' got nan"),
-        "data an unknown word": ([str(run), "distill.data=generate"], "'distill.data' got 'generate'; accepted: generated or"),
+        # a word distill.data does not know is read as a data source's path, as distill.data=PATH is
+        "data an unknown word": ([str(run), "distill.data=generate"], "cannot load dataset 'generate'"),
     }
 
 

@@ -21,8 +21,10 @@ from peel import scenarios
 # Keys (dotted, within a config file) whose value is a path or a hub id.
 PATH_OR_HUB_KEYS = ("model.name_or_path", "data.forget.path", "data.retain.path", "data.chat.path", "tamper.data.path",
                     "distill.data.path")
-# Data sections that a bare string stands for: `distill.data=PATH` is `distill.data.path=PATH`.
+# Data sections that a bare string stands for: `distill.data=PATH` is `distill.data.path=PATH`; the words
+# a section also takes (`distill.data: generated`) stay words.
 SOURCE_KEYS = ("data.forget", "data.retain", "data.chat", "tamper.data", "distill.data")
+SOURCE_WORDS = {"distill.data": ("generated",)}
 # Keys whose value is always a local file or folder (or a scenario name).
 PATH_KEYS = ("data.forget.keywords", "eval.include_path")
 # Suffixes of the files peel reads from disk (data, keyword lists, GGUF models).
@@ -35,7 +37,8 @@ def resolve_paths(raw: dict, folder: Path) -> dict:
     section given as a bare string is read as its path first (`distill.data: x.jsonl`)."""
     resolved = raw
     for key in SOURCE_KEYS:
-        resolved = _at(resolved, key, lambda value: {"path": value} if isinstance(value, str) else value)
+        words = SOURCE_WORDS.get(key, ())
+        resolved = _at(resolved, key, lambda value, words=words: {"path": value} if isinstance(value, str) and value not in words else value)
     resolved = _with(resolved, PATH_KEYS, folder, always=True)
     resolved = _with(resolved, PATH_OR_HUB_KEYS, folder, always=False)
     tamper = resolved.get("tamper")
