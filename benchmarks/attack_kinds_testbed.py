@@ -202,9 +202,10 @@ READINGS = {
 }
 
 
-def correlations(models: dict) -> dict:
+def correlations(models: dict, leave_out: tuple = ()) -> dict:
     """Spearman's rho across the models between the full grid's worst case and each reading (models
-    without the reading left out; n says how many are in)."""
+    without the reading, and those named in leave_out, left out; n says how many are in)."""
+    models = {name: m for name, m in models.items() if name not in leave_out}
     from scipy.stats import spearmanr
 
     out = {}
@@ -237,6 +238,9 @@ def main(arguments: list[str] | None = None) -> None:
             date=datetime.date.today().isoformat(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
             grid=DEMO_GRID + ["few_shot 0 and 5"] + NEW_KINDS + [BY_CHANGE + " (models made from testbed:base)"])
         previous["correlation"] = correlations(previous["models"])
+        # base shows its knowledge untouched: without it, the question is which reading tells the
+        # models that look removed at step 0 apart
+        previous["correlation_without_base"] = correlations(previous["models"], ("base",))
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(previous, indent=1) + "\n")
         print(f"{name}: worst {previous['models'][name]['worst']} by {previous['models'][name]['worst_attack']}",
