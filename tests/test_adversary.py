@@ -167,7 +167,10 @@ def test_two_processes_equal_one(tiny_models, corpora, tmp_path, on_cpu, adversa
                     assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
 
 
-@pytest.mark.parametrize("adversary", [FINETUNE, [*LATENT, "unlearn.latent_epsilon=0.5"]], ids=["finetune", "latent"])
+# sam and representation collapse (test_resistance.py) resume as the first adversaries do
+@pytest.mark.parametrize("adversary", [FINETUNE, [*LATENT, "unlearn.latent_epsilon=0.5"], ["unlearn.adversary=sam", "unlearn.sam_rho=0.5"],
+                                       ["unlearn.collapse_components=8", "unlearn.adapter=full"]],
+                         ids=["finetune", "latent", "sam", "collapse_full"])
 def test_a_run_stopped_by_sigterm_and_resumed_equals_one_never_stopped(tiny_models, corpora, tmp_path, monkeypatch, adversary):
     reference = run(tiny_models, corpora, tmp_path / "reference", *adversary)
     config = load_config(None, settings(tiny_models["gpt_neox"], corpora, tmp_path / "stopped", "unlearn.layers=[3, 1]",
