@@ -142,24 +142,24 @@ def with_layer_output(output, hidden: torch.Tensor):
 
 
 @contextlib.contextmanager
-def adding_to_output(layer: nn.Module, perturbation: torch.Tensor | None) -> Iterator[None]:
-    """Every pass through `layer` adds `perturbation` ([batch, tokens, hidden]) to its output
-    hidden state for the duration of a `with`; None changes nothing. A hook, not a model change,
-    so a recomputing backward (activation checkpointing) adds the same perturbation again."""
-    if perturbation is None:
+def changing_output(layer: nn.Module, change: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[None]:
+    """Every pass through `layer` has its output hidden state replaced by `change(hidden)` for the
+    duration of a `with`; None changes nothing. A hook, not a model change, so a recomputing
+    backward (activation checkpointing) applies the same change again."""
+    if change is None:
         yield
         return
-
-    def add(module, args, output):
-        if isinstance(output, (tuple, list)):
-            return (output[0] + perturbation, *output[1:])
-        return output + perturbation
-
-    handle = layer.register_forward_hook(add)
+    handle = layer.register_forward_hook(lambda module, args, output: with_layer_output(output, change(layer_output(output))))
     try:
         yield
     finally:
         handle.remove()
+
+
+def adding_to_output(layer: nn.Module, perturbation: torch.Tensor | None) -> contextlib.AbstractContextManager:
+    """Every pass through `layer` adds `perturbation` ([batch, tokens, hidden]) to its output hidden
+    state for the duration of a `with`; None changes nothing."""
+    return changing_output(layer, None if perturbation is None else lambda hidden: hidden + perturbation)
 
 
 @contextlib.contextmanager

@@ -18,11 +18,10 @@ k = 0 computes nothing and adds no hook: plain peel bit for bit.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 
-from peel.anatomy import hidden_states
+from peel.anatomy import changing_output, hidden_states
 
 
 def retain_components(weights, retain, layer: int, count: int, batch_size: int) -> torch.Tensor | None:
@@ -56,21 +55,7 @@ class _ProjectedGradient(torch.autograd.Function):
         return (flat - (flat @ basis) @ basis.T).to(gradient.dtype), None
 
 
-@contextlib.contextmanager
-def projecting_gradient(layer: torch.nn.Module, basis: torch.Tensor | None) -> Iterator[None]:
+def projecting_gradient(layer: torch.nn.Module, basis: torch.Tensor | None) -> contextlib.AbstractContextManager:
     """Inside, the gradient reaching `layer`'s output hidden state is projected off `basis`; None
-    changes nothing. A hook, so a recomputing backward (activation checkpointing) projects again."""
-    if basis is None:
-        yield
-        return
-
-    def project(module, args, output):
-        if isinstance(output, (tuple, list)):
-            return (_ProjectedGradient.apply(output[0], basis), *output[1:])
-        return _ProjectedGradient.apply(output, basis)
-
-    handle = layer.register_forward_hook(project)
-    try:
-        yield
-    finally:
-        handle.remove()
+    changes nothing (anatomy.changing_output: a recomputing backward projects again)."""
+    return changing_output(layer, None if basis is None else lambda hidden: _ProjectedGradient.apply(hidden, basis))
