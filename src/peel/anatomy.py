@@ -141,6 +141,12 @@ def with_layer_output(output, hidden: torch.Tensor):
     return (hidden, *output[1:]) if isinstance(output, (tuple, list)) else hidden
 
 
+def output_changer(change: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+    """A forward hook that replaces a decoder layer's output hidden state by `change(hidden)`, in the
+    output's own form (tensor or tuple)."""
+    return lambda module, args, output: with_layer_output(output, change(layer_output(output)))
+
+
 @contextlib.contextmanager
 def changing_output(layer: nn.Module, change: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[None]:
     """Every pass through `layer` has its output hidden state replaced by `change(hidden)` for the
@@ -149,7 +155,7 @@ def changing_output(layer: nn.Module, change: Callable[[torch.Tensor], torch.Ten
     if change is None:
         yield
         return
-    handle = layer.register_forward_hook(lambda module, args, output: with_layer_output(output, change(layer_output(output))))
+    handle = layer.register_forward_hook(output_changer(change))
     try:
         yield
     finally:

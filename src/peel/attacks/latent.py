@@ -46,16 +46,11 @@ def perturbed(hidden, vector, epsilon: float):
 
 def perturbing(model, vectors: dict, epsilon: float) -> list:
     """Hooks adding `vectors[layer]`'s bounded perturbation to each such layer's output; returns their handles."""
-    from peel.anatomy import find_anatomy, layer_output, with_layer_output
-
-    def hook_for(vector):
-        def hook(module, args, output):
-            return with_layer_output(output, perturbed(layer_output(output), vector, epsilon))
-
-        return hook
+    from peel.anatomy import find_anatomy, output_changer
 
     layers = find_anatomy(model).layers
-    return [layers[layer].register_forward_hook(hook_for(vector)) for layer, vector in vectors.items()]
+    return [layers[layer].register_forward_hook(output_changer(lambda hidden, vector=vector: perturbed(hidden, vector, epsilon)))
+            for layer, vector in vectors.items()]
 
 
 def untouched(settings: dict) -> bool:

@@ -85,14 +85,13 @@ def project_out(model, found: dict) -> list:
 
 
 def _projection(vectors):
-    from peel.anatomy import layer_output, with_layer_output
+    from peel.anatomy import output_changer
 
-    def hook(module, args, output):
-        hidden = layer_output(output)
+    def project(hidden):
         basis = vectors.to(hidden.device, hidden.dtype)
-        return with_layer_output(output, hidden - (hidden @ basis.T) @ basis)
+        return hidden - (hidden @ basis.T) @ basis
 
-    return hook
+    return output_changer(project)
 
 
 def untouched(settings: dict) -> bool:
